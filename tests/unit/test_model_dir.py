@@ -1,0 +1,80 @@
+"""The model directory check, on the tiny model the tests serve and on broken copies of it."""
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from make_tiny_model import make_model  # noqa: E402
+
+from llm_appliance.model_dir import ModelDirError, inspect_model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture()
+def model_copy(tiny_model, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(tiny_model, target)
+    return target
+
+
+def test_maker_is_deterministic(tiny_model, tmp_path):
+    again = make_model(tmp_path / "again", seed=0)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert hashlib.sha256((tiny_model / name).read_bytes()).digest() == \
+            hashlib.sha256((again / name).read_bytes()).digest(), name
+
+
+def test_tiny_model_shape(tiny_model):
+    info = inspect_model_dir(tiny_model, "tiny-llama")
+    config = info["config"]
+    assert (config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]) == (2, 2, 64)
+    # 2 layers x 2 KV heads x 64 x 2 (K, V) x 2 bytes: the figure vLLM's CPU engine divides its cache by.
+    kv_bytes_per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 2
+    assert kv_bytes_per_token == 1024
+    index = json.loads((tiny_model / "model.safetensors.index.json").read_text())
+    assert info["weights_bytes"] == (tiny_model / "model.safetensors").stat().st_size
+    assert index["metadata"]["total_size"] + 8 < info["weights_bytes"]
+    assert {f["path"] for f in info["files"]} >= {"config.json", "tokenizer.json", "model.safetensors"}
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ModelDirError, match=r"model qwen: directory .*/nowhere does not exist"):
+        inspect_model_dir(tmp_path / "nowhere", "qwen")
+
+
+def test_unreadable_config(model_copy):
+    (model_copy / "config.json").write_text("{ not json")
+    with pytest.raises(ModelDirError, match=r"model m: .*/config.json is unreadable"):
+        inspect_model_dir(model_copy, "m")
+
+
+def test_missing_config(model_copy):
+    (model_copy / "config.json").unlink()
+    with pytest.raises(ModelDirError, match=r"model m: .*/config.json is missing"):
+        inspect_model_dir(model_copy, "m")
+
+
+def test_truncated_weights(model_copy):
+    weights = model_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ModelDirError, match=r"model m: weight file .*/model.safetensors is incomplete: %d bytes of %d"
+                       % (len(data) - 1000, len(data))):
+        inspect_model_dir(model_copy, "m")
+
+
+def test_weight_file_named_by_index_missing(model_copy):
+    index_path = model_copy / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ModelDirError, match=r"weight file .*/model-00002-of-00002.safetensors is missing"):
+        inspect_model_dir(model_copy, "m")
