@@ -72,6 +72,7 @@ demo-destroy: venv
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule destroy --scenario-name default
 
 bench: venv image artefacts
+	$(BIN)/python bench/planner_accuracy.py
 	bench/converge-times
 
 clean:

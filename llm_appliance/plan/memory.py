@@ -1,0 +1,231 @@
+"""vLLM's memory arithmetic at start-up, per GPU (see docs/planner.md for the sources).
+
+available KV = total x gpu_memory_utilization - weights - activation peak - non-torch
+               - CUDA-graph estimate (deducted from v0.21 on)
+blocks       = available // (page size x tensors per block group)
+KV tokens    = blocks // groups x block size          (vLLM <= 0.20's log line)
+             = int(max concurrency x max_model_len)   (vLLM >= 0.21's log line)
+"""
+import math
+from dataclasses import asdict, dataclass
+
+from llm_appliance.plan.config import CHUNKED, FULL, SLIDING
+from llm_appliance.plan.errors import PlanError
+
+GIB = 1024 ** 3
+
+# Activation peak of the profile run. Two things dominate, whichever is larger: the sampler's
+# warm-up over max_num_seqs dummy requests (fp32 logits of the whole vocabulary, about 3.7
+# live copies: logits, probabilities, sorted values for top-k/top-p), and the forward pass of
+# max_num_batched_tokens tokens through the MLP (gate/up output, 2 x intermediate, 2 bytes,
+# and its activation). Calibrated on vLLM 0.17-0.20 H100 logs; 0.15-0.16 kept ~9.7 copies.
+SAMPLER_COPIES = 3.7
+SAMPLER_COPIES_BEFORE_0_17 = 9.7
+ACTIVATION_BASE_GIB = 0.07
+# Non-torch memory: CUDA context extras at TP=1; NCCL and custom all-reduce buffers at TP>=2.
+NON_TORCH_TP1_GIB = 0.25
+NON_TORCH_TP1_BEFORE_0_18_GIB = 0.13
+NON_TORCH_TP2_GIB = 2.13
+NON_TORCH_PP_ONLY_GIB = 0.07
+# CUDA graphs: estimated, then deducted from the KV budget from v0.21; 0.5-1.9 GiB seen on H100.
+CUDA_GRAPH_ESTIMATE_GIB = 0.9
+
+
+def parse_version(version):
+    parts = []
+    for piece in str(version or "0.32.0").split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+@dataclass
+class MemoryEstimate:
+    weights_gib_per_gpu: float
+    activation_peak_gib: float
+    non_torch_gib: float
+    cuda_graph_gib: float
+    requested_gib: float
+    available_kv_cache_gib: float
+    kv_bytes_per_token: int
+    block_size: int
+    num_blocks: int
+    kv_cache_groups: int
+    kv_cache_tokens: int
+    max_concurrency: float
+    max_model_len: int
+    max_model_len_that_fits: int
+    fits: bool
+    reason: str
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size, quantization, dtype):
+    """Weights on one GPU: the checkpoint split by TP and PP stages.
+
+    Runtime fp8 quantizes the linear layers only: the embedding and LM head stay 16-bit.
+    --dtype float32 doubles 16-bit checkpoints.
+    """
+    if weights_bytes is None:
+        bytes_per_param = 1 if shape.checkpoint_quantization in ("fp8", "compressed-tensors") else 2
+        weights_bytes = shape.params_estimate * bytes_per_param
+    embed_bytes = shape.vocab * shape.hidden * 2 * (1 if shape.tied_embeddings else 2)
+    if dtype in ("float32", "float") and not shape.checkpoint_quantization:
+        weights_bytes *= 2
+        embed_bytes *= 2
+    if quantization == "fp8" and not shape.checkpoint_quantization:
+        weights_bytes = (weights_bytes - embed_bytes) / 2 + embed_bytes
+    if pipeline_parallel_size == 1:
+        return weights_bytes / tensor_parallel_size
+    # Layers are split across stages; the first stage also holds the embedding (the last the
+    # LM head), so the heaviest stage carries one vocabulary matrix on top of its layers.
+    one_vocab_matrix = embed_bytes / (1 if shape.tied_embeddings else 2)
+    return ((weights_bytes - embed_bytes) / pipeline_parallel_size + one_vocab_matrix) / tensor_parallel_size
+
+
+def activation_peak_gib(shape, max_num_seqs, max_num_batched_tokens, pipeline_parallel_size, version, dtype):
+    copies = SAMPLER_COPIES if version >= (0, 17, 0) else SAMPLER_COPIES_BEFORE_0_17
+    sampler = copies * max_num_seqs * shape.vocab * 4 / GIB
+    if pipeline_parallel_size > 1:
+        # Stages share the batch in micro-batches; the last stage's sampler sees half of it.
+        sampler /= 2
+    width = 4 if dtype in ("float32", "float") else 2
+    forward = max_num_batched_tokens * 2 * (shape.expert_intermediate or shape.intermediate) * width * 2 / GIB
+    return max(sampler, forward) + ACTIVATION_BASE_GIB
+
+
+def non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version):
+    if tensor_parallel_size >= 2:
+        return NON_TORCH_TP2_GIB
+    if pipeline_parallel_size >= 2:
+        return NON_TORCH_PP_ONLY_GIB
+    return NON_TORCH_TP1_GIB if version >= (0, 18, 0) else NON_TORCH_TP1_BEFORE_0_18_GIB
+
+
+def kv_layout(shape, tensor_parallel_size, pipeline_parallel_size, kv_cache_dtype, dtype, block_size):
+    """Page size per layer-block and the grouping of layer kinds, as vLLM's KV-cache manager builds them."""
+    if kv_cache_dtype and kv_cache_dtype.startswith("fp8"):
+        dtype_bytes = 1
+    elif dtype in ("float32", "float"):
+        dtype_bytes = 4
+    elif dtype == "auto" and shape.torch_dtype in ("float32", "float"):
+        dtype_bytes = 4
+    else:
+        dtype_bytes = 2
+    if shape.use_mla:
+        # The latent cache: one "head" of kv_lora_rank + rope dims, no K/V pair, replicated on every rank.
+        page = block_size * shape.mla_head_size * dtype_bytes
+    else:
+        kv_heads_per_gpu = max(1, shape.kv_heads // tensor_parallel_size)
+        page = 2 * block_size * kv_heads_per_gpu * shape.head_dim * dtype_bytes
+    layers_per_stage = cdiv(shape.layers, pipeline_parallel_size)
+    kinds = shape.layer_kinds[:layers_per_stage] if shape.layer_kinds else [FULL] * layers_per_stage
+    counts = {kind: kinds.count(kind) for kind in (FULL, SLIDING, CHUNKED) if kinds.count(kind)}
+    if len(counts) == 1:
+        group_size = layers_per_stage
+        groups = {kind: 1 for kind in counts}
+    else:
+        smallest, largest = min(counts.values()), max(counts.values())
+        group_size = largest if largest < 1.5 * smallest else smallest
+        groups = {kind: cdiv(n, group_size) for kind, n in counts.items()}
+    return page, group_size, groups, dtype_bytes
+
+
+def blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size):
+    need = 0
+    for kind, count in groups.items():
+        if kind == SLIDING:
+            per_group = cdiv(min(shape.sliding_window - 1 + max_num_batched_tokens, max_model_len), block_size) + 1
+        elif kind == CHUNKED:
+            per_group = cdiv(min(shape.chunk_size + max_num_batched_tokens, max_model_len), block_size)
+        else:
+            per_group = cdiv(max_model_len, block_size)
+        need += count * per_group
+    return need
+
+
+def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_parallel_size=1,
+                    gpu_memory_utilization=0.9, max_model_len=None, max_num_batched_tokens=None,
+                    max_num_seqs=None, weights_bytes=None, quantization="", kv_cache_dtype="auto",
+                    dtype="auto", vllm_version="0.32.0", block_size=16, enforce_eager=False,
+                    cpu_kvcache_space_gib=None, name="model"):
+    """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space)."""
+    version = parse_version(vllm_version)
+    if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
+        raise PlanError("model %s: tensor and pipeline parallel sizes must be 1 or more" % name)
+    if not 0 < gpu_memory_utilization <= 1:
+        raise PlanError("model %s: gpu_memory_utilization must be in (0, 1], not %s" % (name, gpu_memory_utilization))
+    if not shape.use_mla and shape.heads % tensor_parallel_size:
+        raise PlanError("model %s: tensor_parallel_size %d does not divide its %d attention heads"
+                        % (name, tensor_parallel_size, shape.heads))
+    max_model_len = int(max_model_len or shape.max_position)
+    if max_model_len <= 0:
+        raise PlanError("model %s: max_model_len must be positive" % name)
+    large_gpu = gpu_memory_gib >= 70
+    max_num_batched_tokens = int(max_num_batched_tokens or (8192 if large_gpu else 2048))
+    max_num_seqs = int(max_num_seqs or (1024 if large_gpu else 256))
+
+    page, group_size, groups, _ = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
+                                            kv_cache_dtype, dtype, block_size)
+    if cpu_kvcache_space_gib is not None:
+        weights = weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size,
+                                        quantization, dtype) / GIB
+        activation = non_torch = graphs = 0.0
+        requested = available = float(cpu_kvcache_space_gib)
+    else:
+        weights = weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size,
+                                        quantization, dtype) / GIB
+        activation = activation_peak_gib(shape, max_num_seqs, max_num_batched_tokens, pipeline_parallel_size,
+                                         version, dtype)
+        non_torch = non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version)
+        graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= (0, 21, 0) and not enforce_eager else 0.0
+        requested = gpu_memory_gib * gpu_memory_utilization
+        available = requested - weights - activation - non_torch - graphs
+
+    block_bytes = page * group_size
+    num_blocks = max(0, int(available * GIB) // block_bytes) if available > 0 else 0
+    group_count = sum(groups.values())
+    need = blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size)
+    concurrency = num_blocks / need if need else 0.0
+    if version >= (0, 21, 0) and cpu_kvcache_space_gib is None:
+        tokens = int(concurrency * max_model_len)
+    else:
+        tokens = num_blocks // group_count * block_size
+
+    fits_len = 0
+    low, high = 1, max(max_model_len, shape.max_position)
+    while low <= high:
+        mid = (low + high) // 2
+        if blocks_per_request(shape, groups, mid, max_num_batched_tokens, block_size) <= num_blocks:
+            fits_len, low = mid, mid + 1
+        else:
+            high = mid - 1
+
+    if available <= 0:
+        fits, reason = False, ("model %s needs %.2f GiB per GPU for weights, activations and buffers but %.2f GiB "
+                               "(%.2f GiB x %.2f) are requested: no memory is left for the KV cache"
+                               % (name, weights + activation + non_torch + graphs, requested, gpu_memory_gib,
+                                  gpu_memory_utilization))
+    elif need > num_blocks:
+        fits, reason = False, ("model %s: one request of %d tokens needs %.2f GiB of KV cache per GPU, %.2f GiB is "
+                               "available; the longest request that fits is %d tokens"
+                               % (name, max_model_len, need * block_bytes / GIB, available, fits_len))
+    else:
+        fits, reason = True, ("%.2f GiB KV cache per GPU: %d tokens, %.1f requests of %d tokens at once"
+                              % (available, tokens, concurrency, max_model_len))
+    return MemoryEstimate(
+        weights_gib_per_gpu=round(weights, 3), activation_peak_gib=round(activation, 3),
+        non_torch_gib=round(non_torch, 3), cuda_graph_gib=round(graphs, 3), requested_gib=round(requested, 3),
+        available_kv_cache_gib=round(available, 3),
+        kv_bytes_per_token=page // block_size * cdiv(shape.layers, pipeline_parallel_size),
+        block_size=block_size, num_blocks=num_blocks, kv_cache_groups=group_count, kv_cache_tokens=tokens,
+        max_concurrency=round(concurrency, 2), max_model_len=max_model_len, max_model_len_that_fits=fits_len,
+        fits=fits, reason=reason)
