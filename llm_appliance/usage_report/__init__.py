@@ -1,0 +1,1 @@
+"""The operators' monthly usage report: aggregation in PostgreSQL, HTML with plots, CSV and JSON."""

@@ -1,0 +1,102 @@
+"""appliance-report: the monthly usage report from the gateway's usage rows.
+
+    appliance-report report --dsn DSN --period 2026-04 --out DIR [--prices FILE] [--monthly-cost N]
+                            [--burst-windows 6,60]
+    appliance-report migrate --dsn DSN
+    appliance-report synthetic --dsn DSN --period 2026-04 [--rows 385000] [--seed 0]
+
+Problems the operator must fix (empty period, unknown price, unreachable database) print one
+line and exit 1.
+"""
+import argparse
+import os
+import sys
+import time
+
+from llm_appliance.usage_report.prices import PriceError, load_prices
+from llm_appliance.usage_report.report import ReportError, build_report, period_bounds
+
+SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+
+
+def connect(dsn):
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ReportError("cannot reach the usage database (%s): %s" % (_redact(dsn), first)) from None
+
+
+def _redact(dsn):
+    import re
+
+    return re.sub(r"(password=)\S+|(://[^:/@]+:)[^@]+@", lambda m: (m.group(1) or m.group(2)) + "***" +
+                  ("" if m.group(1) else "@"), dsn)
+
+
+def cmd_migrate(args):
+    with connect(args.dsn) as connection:
+        with open(SCHEMA, encoding="utf-8") as handle:
+            connection.execute(handle.read())
+    print("schema applied")
+    return 0
+
+
+def cmd_synthetic(args):
+    from llm_appliance.usage_report.synthetic import load
+
+    period_bounds(args.period)
+    with connect(args.dsn) as connection:
+        started = time.monotonic()
+        written = load(connection, args.period, args.rows, args.seed)
+    print("%d synthetic rows for %s in %.1f s" % (written, args.period, time.monotonic() - started))
+    return 0
+
+
+def cmd_report(args):
+    from llm_appliance.usage_report.render import write_report
+
+    prices = load_prices(args.prices) if args.prices else None
+    windows = [int(w) for w in str(args.burst_windows).split(",") if w.strip()]
+    started = time.monotonic()
+    with connect(args.dsn) as connection:
+        report = build_report(connection, args.period, windows=windows, prices=prices,
+                              prices_path=args.prices or "", monthly_cost=args.monthly_cost)
+    index = write_report(report, args.out)
+    print("%s: %d requests; report in %s (%.1f s)" % (args.period, report["total_requests"], index,
+                                                      time.monotonic() - started))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="appliance-report", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="write the report for one month")
+    report.add_argument("--dsn", required=True)
+    report.add_argument("--period", required=True, help="month, e.g. 2026-04")
+    report.add_argument("--out", required=True, help="directory for index.html, the plots and tables")
+    report.add_argument("--prices", help="JSON file of public API prices per million tokens")
+    report.add_argument("--monthly-cost", type=float, help="the appliance's own monthly cost, same currency")
+    report.add_argument("--burst-windows", default="6,60", help="burst windows in seconds (default 6,60)")
+    report.set_defaults(func=cmd_report)
+    migrate = sub.add_parser("migrate", help="create or update the usage tables")
+    migrate.add_argument("--dsn", required=True)
+    migrate.set_defaults(func=cmd_migrate)
+    synthetic = sub.add_parser("synthetic", help="load a synthetic month (tests and benchmarks)")
+    synthetic.add_argument("--dsn", required=True)
+    synthetic.add_argument("--period", required=True)
+    synthetic.add_argument("--rows", type=int, default=385000)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(func=cmd_synthetic)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ReportError, PriceError) as exc:
+        print("appliance-report: %s" % exc, file=sys.stderr)
+        return 1

@@ -1,0 +1,111 @@
+"""Every aggregation runs in PostgreSQL; Python only receives the summarised rows.
+
+All queries take the period as a half-open range [start, end) on started_at.
+"""
+
+TOTALS = """
+SELECT coalesce(call_type, 'other') AS call_type, count(*) AS requests,
+       round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS share_pct
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+GROUP BY 1 ORDER BY requests DESC, call_type
+"""
+
+DAILY_BY_TYPE = """
+SELECT (started_at AT TIME ZONE %(tz)s)::date AS day, coalesce(call_type, 'other') AS call_type, count(*) AS requests
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+TOKENS_BY_MODEL = """
+SELECT coalesce(model, model_alias, 'unknown') AS model, count(*) AS requests,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+GROUP BY 1 ORDER BY sum(prompt_tokens) + sum(completion_tokens) DESC, 1
+"""
+
+DAILY_TOKENS_BY_MODEL = """
+SELECT (started_at AT TIME ZONE %(tz)s)::date AS day, coalesce(model, model_alias, 'unknown') AS model,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+USERS_BY_TYPE = """
+SELECT coalesce(call_type, 'other') AS call_type, count(DISTINCT user_id) AS users
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+GROUP BY 1 ORDER BY 1
+"""
+
+PER_USER = """
+WITH per_user AS (
+    SELECT user_id, count(*) AS requests
+    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+    GROUP BY user_id
+), ranked AS (
+    SELECT requests, ntile(10) OVER (ORDER BY requests DESC) AS decile FROM per_user
+)
+SELECT count(*) AS users, sum(requests)::bigint AS requests,
+       round(avg(requests), 2) AS mean_requests,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY requests) AS median_requests,
+       max(requests) AS max_requests,
+       round(100.0 * sum(requests) FILTER (WHERE decile = 1) / nullif(sum(requests), 0), 2) AS top10_share_pct
+FROM ranked
+"""
+
+PER_USER_COUNTS = """
+SELECT user_id, count(*) AS requests
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+GROUP BY user_id ORDER BY requests DESC, user_id
+"""
+
+# For each request: how many requests started in [its start, its start + T), itself included.
+# The window frame counts rows up to and including start + T; those exactly at start + T are
+# then taken off, which makes the window half-open.
+_BURST_COUNTS = """
+WITH events AS (
+    SELECT started_at FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+), windows AS (
+    SELECT started_at, count(*) OVER (ORDER BY started_at
+                                      RANGE BETWEEN CURRENT ROW AND %(window)s::interval FOLLOWING) AS n_closed
+    FROM events
+), counts AS (
+    SELECT w.n_closed - coalesce(b.n, 0) AS n
+    FROM windows w
+    LEFT JOIN (SELECT started_at, count(*) AS n FROM events GROUP BY started_at) b
+           ON b.started_at = w.started_at + %(window)s::interval
+)
+"""
+
+BURSTS = _BURST_COUNTS + """
+SELECT max(n) AS max_requests,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY n) AS p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY n) AS p90,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY n) AS p99,
+       count(*) AS requests
+FROM counts
+"""
+
+BURST_HISTOGRAM = _BURST_COUNTS + """
+SELECT n AS requests_in_window, count(*) AS occurrences FROM counts GROUP BY n ORDER BY n
+"""
+
+LATENCY_BY_MODEL = """
+SELECT coalesce(model, model_alias, 'unknown') AS model, count(*) AS requests,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS latency_p50_ms,
+       round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS latency_p95_ms,
+       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS latency_p99_ms,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms)::numeric, 1) AS ttft_p50_ms,
+       round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms)::numeric, 1) AS ttft_p95_ms,
+       round(100.0 * count(*) FILTER (WHERE status <> 'success') / count(*), 3) AS error_rate_pct
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+GROUP BY 1 ORDER BY requests DESC, model
+"""
+
+GPU_UTILISATION = """
+SELECT host, gpu_index, count(*) AS samples,
+       round(avg(utilization_pct)::numeric, 1) AS mean_utilization_pct,
+       round(percentile_cont(0.95) WITHIN GROUP (ORDER BY utilization_pct)::numeric, 1) AS p95_utilization_pct,
+       round(avg(memory_used_mib)::numeric, 0) AS mean_memory_used_mib
+FROM gpu_samples WHERE sampled_at >= %(start)s AND sampled_at < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""

@@ -1,0 +1,65 @@
+"""Builds the report's tables for one period from PostgreSQL."""
+import calendar
+import datetime as dt
+import re
+
+from llm_appliance.usage_report import queries
+from llm_appliance.usage_report.prices import price_tokens
+
+
+class ReportError(Exception):
+    """Something the operator must fix; the message says what."""
+
+
+def period_bounds(period):
+    """'2026-04' -> (2026-04-01, 2026-05-01) in UTC."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", str(period))
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise ReportError("period %r is not a month like 2026-04" % period)
+    year, month = int(match.group(1)), int(match.group(2))
+    start = dt.datetime(year, month, 1, tzinfo=dt.timezone.utc)
+    days = calendar.monthrange(year, month)[1]
+    return start, start + dt.timedelta(days=days)
+
+
+def _rows(cursor, sql, params):
+    cursor.execute(sql, params)
+    names = [c.name for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def build_report(connection, period, *, windows=(6, 60), prices=None, prices_path="", monthly_cost=None,
+                 timezone="UTC"):
+    start, end = period_bounds(period)
+    params = {"start": start, "end": end, "tz": timezone}
+    with connection.cursor() as cursor:
+        totals = _rows(cursor, queries.TOTALS, params)
+        if not totals:
+            raise ReportError("no usage events between %s and %s: nothing to report for %s"
+                              % (start.date(), end.date(), period))
+        report = {
+            "period": period, "start": start.isoformat(), "end": end.isoformat(),
+            "total_requests": sum(r["requests"] for r in totals),
+            "requests_by_type": totals,
+            "daily_requests": _rows(cursor, queries.DAILY_BY_TYPE, params),
+            "tokens_by_model": _rows(cursor, queries.TOKENS_BY_MODEL, params),
+            "daily_tokens": _rows(cursor, queries.DAILY_TOKENS_BY_MODEL, params),
+            "users_by_type": _rows(cursor, queries.USERS_BY_TYPE, params),
+            "per_user": _rows(cursor, queries.PER_USER, params)[0],
+            "per_user_counts": _rows(cursor, queries.PER_USER_COUNTS, params),
+            "latency_by_model": _rows(cursor, queries.LATENCY_BY_MODEL, params),
+            "gpu_utilisation": _rows(cursor, queries.GPU_UTILISATION, params),
+            "bursts": [], "burst_histograms": {},
+        }
+        for seconds in windows:
+            window = dict(params, window="%d seconds" % seconds)
+            summary = _rows(cursor, queries.BURSTS, window)[0]
+            summary["window_s"] = seconds
+            report["bursts"].append(summary)
+            report["burst_histograms"][seconds] = _rows(cursor, queries.BURST_HISTOGRAM, window)
+    if prices is not None:
+        report["public_api_cost"] = price_tokens(report["tokens_by_model"], prices, prices_path)
+        report["currency"] = prices.get("currency", "")
+        report["public_api_total"] = round(sum(r["total_cost"] for r in report["public_api_cost"]), 2)
+        report["appliance_monthly_cost"] = monthly_cost
+    return report

@@ -1,0 +1,36 @@
+-- Usage events: one row per request through the gateway. Applied idempotently by the roles
+-- that write (gateway) and read (usage report) it.
+CREATE TABLE IF NOT EXISTS usage_events (
+    id                bigserial PRIMARY KEY,
+    request_id        text,
+    started_at        timestamptz NOT NULL,
+    ended_at          timestamptz,
+    user_id           text,
+    key_alias         text,
+    model_alias       text,
+    model             text,
+    deployment        text,
+    call_type         text NOT NULL DEFAULT 'other',
+    prompt_tokens     integer NOT NULL DEFAULT 0,
+    completion_tokens integer NOT NULL DEFAULT 0,
+    ttft_ms           real,
+    latency_ms        real,
+    status            text NOT NULL DEFAULT 'success',
+    error_class       text,
+    user_agent        text
+);
+-- A spooled row replayed after an outage must not be counted twice.
+CREATE UNIQUE INDEX IF NOT EXISTS usage_events_request_id ON usage_events (request_id) WHERE request_id IS NOT NULL;
+-- Period scans: rows arrive in time order, so a BRIN index is tiny and enough for month ranges;
+-- the btree serves the burst windows' ordered scans.
+CREATE INDEX IF NOT EXISTS usage_events_started_at_brin ON usage_events USING brin (started_at);
+CREATE INDEX IF NOT EXISTS usage_events_started_at ON usage_events (started_at);
+
+CREATE TABLE IF NOT EXISTS gpu_samples (
+    sampled_at      timestamptz NOT NULL,
+    host            text NOT NULL,
+    gpu_index       integer NOT NULL,
+    utilization_pct real,
+    memory_used_mib integer
+);
+CREATE INDEX IF NOT EXISTS gpu_samples_sampled_at ON gpu_samples (sampled_at);

@@ -1,0 +1,143 @@
+"""The usage report on crafted inputs with exact expected figures, and on a synthetic month."""
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+from PIL import Image
+
+from llm_appliance.usage_report.prices import PriceError, price_tokens
+from llm_appliance.usage_report.report import build_report
+from llm_appliance.usage_report.synthetic import load as load_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = dt.datetime(2026, 4, 7, 9, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def insert(dsn, rows):
+    with psycopg.connect(dsn) as connection:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO usage_events (request_id, started_at, user_id, model, call_type, prompt_tokens,"
+                " completion_tokens, latency_ms, ttft_ms, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows)
+
+
+def event(n, seconds, user="alice", model="qwen-coder", call_type="completion", prompt=100, completion=10,
+          status="success"):
+    return ("r%d" % n, T0 + dt.timedelta(seconds=seconds), user, model, call_type, prompt, completion,
+            200.0 + n, 50.0 + n, status)
+
+
+def report_for(dsn, **kwargs):
+    with psycopg.connect(dsn) as connection:
+        return build_report(connection, "2026-04", **kwargs)
+
+
+def test_burst_windows_of_a_known_series(database):
+    # Requests at 0, 1, 2, 5.9, 6.0 and 20 s: the 6 s window after each holds 4, 4, 3, 2, 1, 1
+    # requests ([t, t+6) is half-open: 6.0 is not in the window that starts at 0).
+    insert(database, [event(i, s) for i, s in enumerate([0, 1, 2, 5.9, 6.0, 20])])
+    report = report_for(database, windows=(6, 60))
+    six, sixty = report["bursts"]
+    assert six["window_s"] == 6 and six["max_requests"] == 4
+    assert sixty["max_requests"] == 6
+    histogram = {r["requests_in_window"]: r["occurrences"] for r in report["burst_histograms"][6]}
+    assert histogram == {4: 2, 3: 1, 2: 1, 1: 2}
+
+
+def test_per_user_distribution(database):
+    rows, n = [], 0
+    for user, count in (("alice", 5), ("bob", 3), ("carol", 1), ("dave", 1)):
+        for _ in range(count):
+            rows.append(event(n, n * 10, user=user))
+            n += 1
+    rows.append(event(n, n * 10, user="erin", call_type="chat", model="gemma-chat"))
+    insert(database, rows)
+    report = report_for(database)
+    summary = report["per_user"]
+    assert summary["users"] == 5
+    assert float(summary["mean_requests"]) == 2.2
+    assert summary["median_requests"] == 1.0
+    assert float(summary["top10_share_pct"]) == pytest.approx(100 * 5 / 11, abs=0.01)
+    assert {r["call_type"]: r["users"] for r in report["users_by_type"]} == {"chat": 1, "completion": 4}
+    shares = {r["call_type"]: float(r["share_pct"]) for r in report["requests_by_type"]}
+    assert shares == {"completion": pytest.approx(90.91, abs=0.01), "chat": pytest.approx(9.09, abs=0.01)}
+
+
+def test_public_api_cost(database):
+    insert(database, [event(0, 0, prompt=1_500_000, completion=400_000), event(1, 1, prompt=500_000, completion=100_000)])
+    prices = {"currency": "EUR", "models": {"qwen-coder": {"prompt": 0.5, "completion": 1.5}}}
+    report = report_for(database, prices=prices, prices_path="prices.json", monthly_cost=900.0)
+    row = report["public_api_cost"][0]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2_000_000, 500_000)
+    assert row["total_cost"] == 1.75
+    assert report["public_api_total"] == 1.75
+
+
+def test_unknown_price_names_the_model():
+    with pytest.raises(PriceError, match=r"no public price for model\(s\) gemma-chat: add them under \"models\" in p.json"):
+        price_tokens([{"model": "gemma-chat", "prompt_tokens": 1, "completion_tokens": 1}],
+                     {"models": {"qwen-coder": {"prompt": 1, "completion": 1}}}, "p.json")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts/appliance-report"), *args],
+                          capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_empty_period_is_a_clear_message(database):
+    result = run_cli("report", "--dsn", database, "--period", "2026-04", "--out", tempfile.mkdtemp())
+    assert result.returncode == 1
+    assert "no usage events between 2026-04-01 and 2026-05-01" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_a_clear_message():
+    result = run_cli("report", "--dsn", "host=127.0.0.1 port=1 user=x password=secret dbname=x",
+                     "--period", "2026-04", "--out", tempfile.mkdtemp())
+    assert result.returncode == 1
+    assert "cannot reach the usage database" in result.stderr
+    assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_synthetic_month_report_with_plots_and_page(database, tmp_path):
+    with psycopg.connect(database) as connection:
+        assert load_synthetic(connection, "2026-04", 20000, seed=1) == 20000
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"currency": "EUR", "models": {
+        "qwen-coder": {"prompt": 0.4, "completion": 1.2}, "gemma-chat": {"prompt": 0.3, "completion": 0.9},
+        "qwen3-eval": {"prompt": 0.3, "completion": 0.9}}}))
+    out = tmp_path / "report"
+    result = run_cli("report", "--dsn", database, "--period", "2026-04", "--out", str(out), "--prices", str(prices),
+                     "--monthly-cost", "1500")
+    assert result.returncode == 0, result.stderr
+    by_type = json.loads((out / "requests_by_type.json").read_text())
+    shares = {r["call_type"]: r["share_pct"] for r in by_type}
+    assert 94 <= shares["completion"] <= 96
+    assert sum(r["requests"] for r in by_type) == 20000
+    assert (out / "tokens_by_model.csv").read_text().startswith("model,requests,prompt_tokens,completion_tokens")
+    for name in ("daily_requests", "daily_tokens", "per_user", "bursts"):
+        png = out / (name + ".png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(png) as image:
+            image.load()
+            assert image.size[0] > 300 and image.size[1] > 100
+            assert len(set(image.convert("L").getdata())) > 2, "%s is blank" % name
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: run tools/install-host-deps")
+    profile = tmp_path / "chromium-profile"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          "--user-data-dir=%s" % profile, "--dump-dom", (out / "index.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert 'id="title">Usage report 2026-04' in dom.stdout, dom.stderr[-2000:]
+    assert "20000 requests" in dom.stdout
