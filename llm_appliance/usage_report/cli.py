@@ -100,3 +100,7 @@ def main(argv=None):
     except (ReportError, PriceError) as exc:
         print("appliance-report: %s" % exc, file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The usage report on the appliance: the installed command over the real database, and the
+playbook that brings the report to the controller."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+GATEWAY_DSN = "host=127.0.0.1 port=5432 dbname=llm_appliance user=llm_gateway password=demo-gateway-db-password"
+
+
+def run_report_play(period, tmp_path):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         str(REPO / "playbooks/report.yml"), "-e", "period=%s" % period],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_schema_applied_and_owned_by_the_gateway(host):
+    owner = host.run("runuser -u postgres -- psql -At -d llm_appliance -c "
+                     "\"SELECT tableowner FROM pg_tables WHERE tablename = 'usage_events'\"")
+    assert owner.stdout.strip() == "llm_gateway", owner.stderr
+
+
+def test_report_playbook_brings_the_month_to_the_controller(host, tmp_path):
+    host.run("runuser -u postgres -- psql -d llm_appliance -c \"DELETE FROM usage_events WHERE request_id LIKE '2026%%'\"")
+    loaded = host.run("appliance-report synthetic --dsn '%s' --period 2026-03 --rows 5000 --seed 3" % GATEWAY_DSN)
+    assert loaded.rc == 0, loaded.stderr
+    result = run_report_play("2026-03", tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+    out = REPO / "build/reports/demo/2026-03"
+    by_type = json.loads((out / "requests_by_type.json").read_text())
+    assert sum(r["requests"] for r in by_type) == 5000
+    assert (out / "index.html").read_text().count("<img") == 4
+    assert not host.run("ls -d /tmp/usage-report-*").stdout.strip(), "the scratch directory was left behind"
+
+
+def test_empty_period_and_bad_period_are_explained(host, tmp_path):
+    empty = run_report_play("2019-01", tmp_path)
+    assert empty.returncode != 0
+    assert "no usage events between 2019-01-01 and 2019-02-01" in empty.stdout
+    bad = run_report_play("April", tmp_path)
+    assert bad.returncode != 0
+    assert "-e period=YYYY-MM" in bad.stdout
+
+
+def test_report_role_cannot_write(host):
+    write = host.run("PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance "
+                     "-c \"INSERT INTO usage_events (started_at) VALUES (now())\"")
+    assert write.rc != 0 and "permission denied" in write.stderr
