@@ -130,6 +130,28 @@ def _suggestions(shape, entry, settings, gpu, tp, gmu, engine, version, free_cou
     return tips
 
 
+def _ports(models, base_port):
+    """Each catalog entry's port: its own `port`, else the next free one from base_port in catalog
+    order. Retired entries (state: absent) keep their place, so adding or retiring one model
+    moves no other model's port (which would restart that model's unit)."""
+    explicit = [m for m in models if m.get("port")]
+    taken = {int(m["port"]) for m in explicit}
+    clashes = sorted({int(m["port"]) for m in explicit if [int(e["port"]) for e in explicit].count(int(m["port"])) > 1})
+    if clashes:
+        raise PlanError("the catalog gives port %s to more than one model: each model needs its own port"
+                        % ", ".join(str(p) for p in clashes))
+    ports, next_port = {}, base_port
+    for model in models:
+        if model.get("port"):
+            ports[model["name"]] = int(model["port"])
+            continue
+        while next_port in taken:
+            next_port += 1
+        ports[model["name"]] = next_port
+        taken.add(next_port)
+    return ports
+
+
 def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_port=8001,
               gpu_memory_utilization=0.90, cpu_kvcache_space_gib=1, speed_target_tokens_per_s=80):
     """Plan every present model of the catalog.
@@ -158,8 +180,7 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
     by_index = {g["index"]: g for g in gpu_list}
     nvlink_groups = (gpus or {}).get("nvlink_groups", [])
     free = set(by_index)
-    taken_ports = {m["port"] for m in present if m.get("port")}
-    next_port = base_port
+    ports = _ports(models, base_port)
     placed = {}
     plan = {"engine": engine, "vllm_version": vllm_version, "models": []}
 
@@ -249,12 +270,7 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
                                                 "do not share an NVLink group: all-reduce crosses PCIe"))
             free -= set(gpu_set)
 
-        port = entry.get("port")
-        if not port:
-            while next_port in taken_ports:
-                next_port += 1
-            port = next_port
-            taken_ports.add(port)
+        port = ports[name]
         speed = None
         speed_note = None
         if gpu_set:

@@ -104,6 +104,29 @@ def test_cpu_engine_kv_tokens_equal_vllm_cpu_log():
     assert est.max_concurrency == 1024.0
 
 
+@pytest.mark.parametrize("max_model_len, max_num_batched_tokens, tokens, concurrency", [
+    # vLLM's defaults on a CPU (2048 tokens per batch): each sliding layer may hold the whole request.
+    (1024, None, 645277, 630.15),
+    # --max-num-batched-tokens 256: a sliding layer holds cdiv(127 + 256, 128) + 1 = 4 blocks, not 16.
+    (2048, 256, 1398101, 682.67),
+])
+def test_cpu_engine_kv_tokens_of_hybrid_model_equal_vllm_cpu_log(max_model_len, max_num_batched_tokens, tokens,
+                                                                  concurrency):
+    """vLLM's CPU build 0.32.0 serving the tiny hybrid model with VLLM_CPU_KVCACHE_SPACE=1 logs
+    'CPU KV cache size: 645,277 tokens, Maximum concurrency for 1,024 tokens per request: 630.15x'
+    (--max-model-len 1024) and '1,398,101 tokens ... for 2,048 tokens per request: 682.67x'
+    (--max-model-len 2048 --max-num-batched-tokens 256): int(concurrency x max_model_len), not
+    blocks // groups x block."""
+    sys.path.insert(0, str(REPO / "tests/fixtures"))
+    from make_tiny_model import config as tiny_config  # noqa: E402
+    est = estimate_memory(parse_config(tiny_config("hybrid")), gpu_memory_gib=0, max_model_len=max_model_len,
+                          max_num_batched_tokens=max_num_batched_tokens, block_size=128, cpu_kvcache_space_gib=1)
+    # 2 sliding + 1 global layer: three groups of one layer, 1 GiB / 64 KiB pages = 16384 blocks.
+    assert (est.kv_cache_groups, est.num_blocks) == (3, 16384)
+    assert est.kv_cache_tokens == tokens
+    assert est.max_concurrency == concurrency
+
+
 def test_one_full_length_request_must_fit():
     est = estimate_memory(parse_config(QWEN_CODER_32B), gpu_memory_gib=79.19, gpu_memory_utilization=0.90,
                           max_model_len=32768, weights_bytes=65527752704, vllm_version="0.32.0")
@@ -130,6 +153,32 @@ def test_reference_deployment_plan():
     assert "--enable-prefix-caching" in coder["vllm_args"]
     assert coder["vllm_args"][coder["vllm_args"].index("--tensor-parallel-size") + 1] == "2"
     assert any("below 80" in r and "fp8 weights" in r for r in coder["reasons"])
+
+
+def test_ports_stay_put_when_models_come_and_go():
+    """A port is part of a unit: moving one would restart a model nobody touched."""
+    coder = {"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B, "weights_bytes": 65527752704}
+    chat = {"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451}
+    small = {"name": "tiny-eval", "profile": "eval", "config": GEMMA_3_27B, "weights_bytes": 55244358451,
+             "state": "present"}
+
+    def ports(models):
+        return {m["name"]: m["port"] for m in plan_site(models, h100s(4), vllm_version="0.32.0")["models"]}
+
+    before = ports([small, chat])
+    # The larger model is placed first, but a new entry takes the next port of the catalog.
+    after_adding = ports([small, chat, coder])
+    assert after_adding["tiny-eval"] == before["tiny-eval"] and after_adding["gemma-chat"] == before["gemma-chat"]
+    assert after_adding["qwen-coder"] == 8003
+    after_retiring = ports([dict(small, state="absent"), chat, coder])
+    assert after_retiring == {"gemma-chat": 8002, "qwen-coder": 8003}
+
+
+def test_one_port_for_two_models_is_refused():
+    first = {"name": "a", "profile": "eval", "config": GEMMA_3_27B, "weights_bytes": 55244358451, "port": 8100}
+    second = dict(first, name="b")
+    with pytest.raises(PlanError, match="port 8100 to more than one model"):
+        plan_site([first, second], h100s(4), vllm_version="0.32.0")
 
 
 def test_model_that_cannot_fit_is_refused_with_fixes():
