@@ -4,7 +4,7 @@ available KV = total x gpu_memory_utilization - weights - activation peak - non-
                - CUDA-graph estimate (deducted from v0.21 on)
 blocks       = available // (page size x tensors per block group)
 KV tokens    = blocks // groups x block size          (vLLM <= 0.20's log line)
-             = int(max concurrency x max_model_len)   (vLLM >= 0.21's log line)
+             = int(max concurrency x max_model_len)   (vLLM >= 0.21's log line, GPU and CPU)
 """
 import math
 from dataclasses import asdict, dataclass
@@ -195,7 +195,9 @@ def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_p
     group_count = sum(groups.values())
     need = blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size)
     concurrency = num_blocks / need if need else 0.0
-    if version >= (0, 21, 0) and cpu_kvcache_space_gib is None:
+    if version >= (0, 21, 0):
+        # The CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
+        # for hybrid models it counts the sliding groups' smaller reservations too.
         tokens = int(concurrency * max_model_len)
     else:
         tokens = num_blocks // group_count * block_size

@@ -32,6 +32,26 @@ def test_maker_is_deterministic(tiny_model, tmp_path):
             hashlib.sha256((again / name).read_bytes()).digest(), name
 
 
+def test_hybrid_maker_is_deterministic_and_sliding(tmp_path):
+    first = make_model(tmp_path / "first", seed=0, kind="hybrid")
+    again = make_model(tmp_path / "again", seed=0, kind="hybrid")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert hashlib.sha256((first / name).read_bytes()).digest() == \
+            hashlib.sha256((again / name).read_bytes()).digest(), name
+    info = inspect_model_dir(first, "tiny-hybrid")
+    config = info["config"]
+    assert config["architectures"] == ["Gemma3ForCausalLM"]
+    assert config["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"]
+    assert (config["sliding_window"], config["num_key_value_heads"], config["head_dim"]) == (128, 2, 64)
+    weight_map = json.loads((first / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "lm_head.weight" not in weight_map   # tied to the embedding, as in Gemma 3
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="kind must be one of llama, hybrid"):
+        make_model(tmp_path / "m", kind="mamba")
+
+
 def test_tiny_model_shape(tiny_model):
     info = inspect_model_dir(tiny_model, "tiny-llama")
     config = info["config"]

@@ -1,8 +1,11 @@
 """Models come and go without disturbing the others; bad models are refused before any unit
 is touched. Each test runs the serving plays for real from the controller against the
-scenario's container, with the demo catalog plus or minus one model."""
+scenario's container, with the demo catalog plus or minus one model. The model that comes and
+goes is the tiny hybrid one (sliding-window and global layers, like Gemma 3), so its KV-cache
+figure checks the planner's grouping of sliding-window layers against the real engine."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +48,7 @@ def pids(host):
 
 @pytest.fixture(scope="module")
 def eval_model_dir(tmp_path_factory):
-    return make_model(tmp_path_factory.mktemp("models") / EVAL_MODEL, seed=1)
+    return make_model(tmp_path_factory.mktemp("models") / EVAL_MODEL, seed=1, kind="hybrid")
 
 
 def eval_entry(path, **overrides):
@@ -65,6 +68,17 @@ def test_adding_a_model_restarts_nothing_else(host, eval_model_dir, tmp_path):
     assert host.service("vllm-%s" % EVAL_MODEL).is_running
     for unit, pid in before.items():
         assert after[unit] == pid, "%s restarted when another model was added" % unit
+
+
+def test_hybrid_model_kv_cache_tokens_match_the_engine(host):
+    """The planner's figure for sliding-window grouping equals what vLLM logs at start."""
+    plan = json.loads(host.file("/etc/llm-appliance/plan.json").content_string)
+    planned = {m["name"]: m for m in plan["models"]}[EVAL_MODEL]
+    log = host.run("journalctl -u vllm-%s --no-pager -o cat", EVAL_MODEL).stdout
+    logged = [int(n.replace(",", "")) for n in re.findall(r"CPU KV cache size: ([\d,]+) tokens", log)]
+    assert logged, "vLLM logged no KV cache size for %s" % EVAL_MODEL
+    assert logged[-1] == planned["kv_cache_tokens"], (logged[-1], planned["kv_cache_tokens"])
+    assert planned["memory"]["kv_cache_groups"] == 3
 
 
 def test_retiring_a_model_restarts_nothing_else(host, eval_model_dir, tmp_path):
