@@ -2,14 +2,20 @@
 
     appliance-report report --dsn DSN --period 2026-04 --out DIR [--prices FILE] [--monthly-cost N]
                             [--burst-windows 6,60]
+                            [--prometheus-url URL [--prometheus-query Q] [--prometheus-step 300]]
     appliance-report migrate --dsn DSN
-    appliance-report synthetic --dsn DSN --period 2026-04 [--rows 385000] [--seed 0]
+    appliance-report synthetic --dsn DSN --period 2026-04 [--rows 385000] [--seed 0] [--gpus 4]
+    appliance-report sample-gpus --dsn DSN [--host NAME] [--nvidia-smi PATH]
 
-Problems the operator must fix (empty period, unknown price, unreachable database) print one
-line and exit 1.
+GPU utilisation comes from the samples that `sample-gpus` stores (once a minute, from a timer), or
+from Prometheus (DCGM exporter's DCGM_FI_DEV_GPU_UTIL by default) when --prometheus-url is given.
+
+Problems the operator must fix (empty period, unknown price, unreachable database or Prometheus,
+nvidia-smi missing or failing) print one line and exit 1.
 """
 import argparse
 import os
+import socket
 import sys
 import time
 
@@ -50,8 +56,20 @@ def cmd_synthetic(args):
     period_bounds(args.period)
     with connect(args.dsn) as connection:
         started = time.monotonic()
-        written = load(connection, args.period, args.rows, args.seed)
-    print("%d synthetic rows for %s in %.1f s" % (written, args.period, time.monotonic() - started))
+        written = load(connection, args.period, args.rows, args.seed, args.gpus)
+    print("%d synthetic rows and a GPU sample a minute for %d GPUs for %s in %.1f s"
+          % (written, args.gpus, args.period, time.monotonic() - started))
+    return 0
+
+
+def cmd_sample_gpus(args):
+    from llm_appliance.usage_report.gpu_sampler import query_gpus, store_samples
+
+    # nvidia-smi first: a host without GPUs fails without touching the database.
+    samples = query_gpus(args.nvidia_smi)
+    with connect(args.dsn) as connection:
+        stored = store_samples(connection, args.host, samples)
+    print("%d GPU samples stored for %s" % (stored, args.host))
     return 0
 
 
@@ -63,7 +81,9 @@ def cmd_report(args):
     started = time.monotonic()
     with connect(args.dsn) as connection:
         report = build_report(connection, args.period, windows=windows, prices=prices,
-                              prices_path=args.prices or "", monthly_cost=args.monthly_cost)
+                              prices_path=args.prices or "", monthly_cost=args.monthly_cost,
+                              prometheus_url=args.prometheus_url, prometheus_query=args.prometheus_query,
+                              prometheus_step=args.prometheus_step)
     index = write_report(report, args.out)
     print("%s: %d requests; report in %s (%.1f s)" % (args.period, report["total_requests"], index,
                                                       time.monotonic() - started))
@@ -80,6 +100,11 @@ def build_parser():
     report.add_argument("--prices", help="JSON file of public API prices per million tokens")
     report.add_argument("--monthly-cost", type=float, help="the appliance's own monthly cost, same currency")
     report.add_argument("--burst-windows", default="6,60", help="burst windows in seconds (default 6,60)")
+    report.add_argument("--prometheus-url", help="take GPU utilisation from this Prometheus (base URL, e.g. "
+                        "http://prometheus:9090) instead of the stored samples")
+    report.add_argument("--prometheus-query", help="PromQL for per-GPU utilisation in %% with labels gpu and "
+                        "Hostname or instance (default DCGM_FI_DEV_GPU_UTIL)")
+    report.add_argument("--prometheus-step", type=int, help="seconds between points (default 300)")
     report.set_defaults(func=cmd_report)
     migrate = sub.add_parser("migrate", help="create or update the usage tables")
     migrate.add_argument("--dsn", required=True)
@@ -89,7 +114,13 @@ def build_parser():
     synthetic.add_argument("--period", required=True)
     synthetic.add_argument("--rows", type=int, default=385000)
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--gpus", type=int, default=4, help="GPUs to write samples for (default 4; 0: none)")
     synthetic.set_defaults(func=cmd_synthetic)
+    sample = sub.add_parser("sample-gpus", help="store one utilisation sample per GPU from nvidia-smi")
+    sample.add_argument("--dsn", required=True)
+    sample.add_argument("--host", default=socket.gethostname(), help="host name to record (default: this host's)")
+    sample.add_argument("--nvidia-smi", default="nvidia-smi", help="path of nvidia-smi (default: from PATH)")
+    sample.set_defaults(func=cmd_sample_gpus)
     return parser
 
 

@@ -109,3 +109,10 @@ SELECT host, gpu_index, count(*) AS samples,
 FROM gpu_samples WHERE sampled_at >= %(start)s AND sampled_at < %(end)s
 GROUP BY 1, 2 ORDER BY 1, 2
 """
+
+GPU_DAILY_UTILISATION = """
+SELECT (sampled_at AT TIME ZONE %(tz)s)::date AS day, host, gpu_index,
+       round(avg(utilization_pct)::numeric, 1) AS mean_utilization_pct
+FROM gpu_samples WHERE sampled_at >= %(start)s AND sampled_at < %(end)s
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""

@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TABLES = ["requests_by_type", "daily_requests", "tokens_by_model", "daily_tokens", "users_by_type",
-          "per_user_counts", "latency_by_model", "bursts", "gpu_utilisation", "public_api_cost"]
+          "per_user_counts", "latency_by_model", "bursts", "gpu_utilisation", "gpu_daily_utilisation",
+          "public_api_cost"]
 
 
 def _plain(value):
@@ -52,13 +53,17 @@ def _daily_lines(rows, key, value):
     return series
 
 
+def _cell(value):
+    # An unknown figure (no memory readings, no latency) is an empty cell, not "None".
+    return "" if value is None else html.escape(str(_plain(value)))
+
+
 def _table_html(rows, columns=None):
     if not rows:
         return "<p>none</p>"
     columns = columns or list(rows[0])
     head = "".join("<th>%s</th>" % html.escape(str(c)) for c in columns)
-    body = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(_plain(r.get(c)))) for c in columns)
-                   for r in rows)
+    body = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % _cell(r.get(c)) for c in columns) for r in rows)
     return "<table><tr>%s</tr>%s</table>" % (head, body)
 
 
@@ -107,6 +112,22 @@ def write_report(report, directory):
         axes.legend()
     plots["bursts"] = ("Bursts", bursts)
 
+    def gpu_daily(axes):
+        series = defaultdict(dict)
+        for row in report["gpu_daily_utilisation"]:
+            if row["mean_utilization_pct"] is not None:
+                series["%s GPU %d" % (row["host"], row["gpu_index"])][row["day"]] = float(row["mean_utilization_pct"])
+        for label, points in sorted(series.items()):
+            days = sorted(points)
+            axes.plot(days, [points[d] for d in days], marker="o", label=label)
+        axes.set_ylabel("mean utilisation, %")
+        axes.set_ylim(0, 100)
+        if series:  # GPUs that only ever reported [N/A] leave nothing to draw
+            axes.legend(fontsize="small", ncol=4)
+        axes.tick_params(axis="x", rotation=30)
+    if report["gpu_utilisation"]:
+        plots["gpu_daily"] = ("Daily mean GPU utilisation", gpu_daily)
+
     for name, (title, draw) in plots.items():
         _plot(os.path.join(directory, name + ".png"), draw, title)
 
@@ -117,8 +138,12 @@ def write_report(report, directory):
                 % (_table_html(report["public_api_cost"]), report["public_api_total"], html.escape(report["currency"]),
                    "%.2f %s per month" % (report["appliance_monthly_cost"], html.escape(report["currency"]))
                    if report.get("appliance_monthly_cost") is not None else "monthly cost not given"))
-    gpu = _table_html(report["gpu_utilisation"]) if report["gpu_utilisation"] else \
-        "<p>No GPU samples were stored for this period.</p>"
+    gpu_source = "<p>Source: %s.</p>" % html.escape(report["gpu_source"])
+    if report["gpu_utilisation"]:
+        gpu = _table_html(report["gpu_utilisation"]) + '<img src="gpu_daily.png" alt="Daily GPU utilisation">' \
+            + gpu_source
+    else:
+        gpu = '<p id="no-gpu-samples">No GPU samples for this period.</p>' + gpu_source
     page = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>llm-appliance usage {period}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -131,7 +156,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
 {top10}% of the requests.</p><img src="per_user.png" alt="Per-user distribution">
 <h2>Bursts</h2>{bursts}<img src="bursts.png" alt="Bursts">
 <h2>Latency and errors</h2>{latency}
-<h2>GPU utilisation</h2>{gpu}
+<h2 id="gpu">GPU utilisation</h2>{gpu}
 {cost}
 </body></html>
 """.format(period=html.escape(report["period"]), total=report["total_requests"], start=report["start"][:10],

@@ -29,7 +29,9 @@ def _rows(cursor, sql, params):
 
 
 def build_report(connection, period, *, windows=(6, 60), prices=None, prices_path="", monthly_cost=None,
-                 timezone="UTC"):
+                 timezone="UTC", prometheus_url=None, prometheus_query=None, prometheus_step=None):
+    """The report's tables. GPU utilisation comes from Prometheus when prometheus_url is given,
+    else from the samples stored in gpu_samples."""
     start, end = period_bounds(period)
     params = {"start": start, "end": end, "tz": timezone}
     with connection.cursor() as cursor:
@@ -48,7 +50,6 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
             "per_user": _rows(cursor, queries.PER_USER, params)[0],
             "per_user_counts": _rows(cursor, queries.PER_USER_COUNTS, params),
             "latency_by_model": _rows(cursor, queries.LATENCY_BY_MODEL, params),
-            "gpu_utilisation": _rows(cursor, queries.GPU_UTILISATION, params),
             "bursts": [], "burst_histograms": {},
         }
         for seconds in windows:
@@ -57,6 +58,19 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
             summary["window_s"] = seconds
             report["bursts"].append(summary)
             report["burst_histograms"][seconds] = _rows(cursor, queries.BURST_HISTOGRAM, window)
+        if not prometheus_url:
+            report["gpu_utilisation"] = _rows(cursor, queries.GPU_UTILISATION, params)
+            report["gpu_daily_utilisation"] = _rows(cursor, queries.GPU_DAILY_UTILISATION, params)
+            report["gpu_source"] = "samples stored in gpu_samples"
+    if prometheus_url:
+        # Imported here: the prometheus module imports ReportError from this one.
+        from llm_appliance.usage_report import prometheus
+
+        query = prometheus_query or prometheus.DEFAULT_QUERY
+        step = prometheus.DEFAULT_STEP_S if prometheus_step is None else prometheus_step
+        report["gpu_utilisation"], report["gpu_daily_utilisation"] = prometheus.gpu_utilisation(
+            prometheus_url, start, end, query=query, step=step, timezone=timezone)
+        report["gpu_source"] = "Prometheus at %s, query %s, one point every %s s" % (prometheus_url, query, step)
     if prices is not None:
         report["public_api_cost"] = price_tokens(report["tokens_by_model"], prices, prices_path)
         report["currency"] = prices.get("currency", "")

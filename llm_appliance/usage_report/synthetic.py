@@ -1,5 +1,6 @@
 """A synthetic month like the reference one: ~385k requests, 95% code completion, 116 API
-users with a skewed spread, working-hours traffic with bursts. Deterministic by seed.
+users with a skewed spread, working-hours traffic with bursts; and a GPU sample a minute for 4 GPUs,
+about 25% busy on average, busier in working hours. Deterministic by seed.
 
 Rows are streamed into PostgreSQL with COPY, so millions of rows take seconds.
 """
@@ -68,13 +69,46 @@ COLUMNS = ("request_id", "started_at", "ended_at", "user_id", "key_alias", "mode
            "user_agent")
 
 
-def load(connection, period, rows, seed=0):
-    """COPY the synthetic rows into usage_events; returns the number written."""
+# A host name no real GPU host has, so reloading can replace the synthetic samples alone.
+SYNTHETIC_HOST = "synthetic-gpu-node"
+# Working-hours load per GPU: the coder model spans GPUs 0 and 1 (tensor parallel) and takes most
+# of the traffic; chat and eval share the others.
+GPU_LOAD = (1.3, 1.3, 0.7, 0.7)
+# vLLM takes 90% of an 80 GB GPU's memory up front, whatever the load.
+GPU_MEMORY_MIB = 73400
+
+
+def generate_gpu_samples(period, seed=0, gpus=4, host=SYNTHETIC_HOST):
+    """Yield gpu_samples rows (COPY column order): one a minute per GPU over the period."""
+    rng = random.Random("gpu-%d" % seed)
+    start, end = period_bounds(period)
+    moment = start
+    while moment < end:
+        working = moment.weekday() < 5 and 8 <= moment.hour < 18
+        for gpu in range(gpus):
+            busy = rng.gauss(65.0 * GPU_LOAD[gpu % len(GPU_LOAD)], 15.0) if working else rng.gauss(8.0, 4.0)
+            yield (moment, host, gpu, round(min(100.0, max(0.0, busy))), GPU_MEMORY_MIB + rng.randint(0, 300))
+        moment += dt.timedelta(minutes=1)
+
+
+GPU_COLUMNS = ("sampled_at", "host", "gpu_index", "utilization_pct", "memory_used_mib")
+
+
+def load(connection, period, rows, seed=0, gpus=4):
+    """COPY the synthetic usage rows and GPU samples (none when gpus is 0) in one transaction;
+    returns the number of usage rows written. The period's earlier synthetic GPU samples are
+    replaced (usage rows are not: their request ids are unique)."""
     written = 0
+    start, end = period_bounds(period)
     with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM gpu_samples WHERE host = %s AND sampled_at >= %s AND sampled_at < %s",
+                       (SYNTHETIC_HOST, start, end))
         with cursor.copy("COPY usage_events (%s) FROM STDIN" % ", ".join(COLUMNS)) as copy:
             for row in generate(period, rows, seed):
                 copy.write_row(row)
                 written += 1
+        with cursor.copy("COPY gpu_samples (%s) FROM STDIN" % ", ".join(GPU_COLUMNS)) as copy:
+            for row in generate_gpu_samples(period, seed, gpus):
+                copy.write_row(row)
     connection.commit()
     return written

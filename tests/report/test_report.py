@@ -123,7 +123,16 @@ def test_synthetic_month_report_with_plots_and_page(database, tmp_path):
     assert 94 <= shares["completion"] <= 96
     assert sum(r["requests"] for r in by_type) == 20000
     assert (out / "tokens_by_model.csv").read_text().startswith("model,requests,prompt_tokens,completion_tokens")
-    for name in ("daily_requests", "daily_tokens", "per_user", "bursts"):
+    # A GPU sample a minute for 4 GPUs over April's 30 days; ~25% busy, busier on working days.
+    gpus = json.loads((out / "gpu_utilisation.json").read_text())
+    assert [(r["host"], r["gpu_index"], r["samples"]) for r in gpus] == [
+        ("synthetic-gpu-node", gpu, 43200) for gpu in range(4)]
+    assert 22 <= sum(r["mean_utilization_pct"] for r in gpus) / 4 <= 28
+    daily = json.loads((out / "gpu_daily_utilisation.json").read_text())
+    weekdays = [r["mean_utilization_pct"] for r in daily if dt.date.fromisoformat(r["day"]).weekday() < 5]
+    weekends = [r["mean_utilization_pct"] for r in daily if dt.date.fromisoformat(r["day"]).weekday() >= 5]
+    assert min(weekdays) > 2 * max(weekends)
+    for name in ("daily_requests", "daily_tokens", "per_user", "bursts", "gpu_daily"):
         png = out / (name + ".png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(png) as image:
@@ -142,3 +151,4 @@ def test_synthetic_month_report_with_plots_and_page(database, tmp_path):
                          capture_output=True, text=True, timeout=120, check=False)
     assert 'id="title">Usage report 2026-04' in dom.stdout, dom.stderr[-2000:]
     assert "20000 requests" in dom.stdout
+    assert '<h2 id="gpu">GPU utilisation</h2><table>' in dom.stdout and '<img src="gpu_daily.png"' in dom.stdout
