@@ -130,6 +130,43 @@ def _suggestions(shape, entry, settings, gpu, tp, gmu, engine, version, free_cou
     return tips
 
 
+# Every field a catalog entry may carry; anything else is a typo that would silently be ignored.
+CATALOG_FIELDS = {
+    # identity and lifecycle
+    "name", "state", "profile", "aliases", "port", "purge_weights",
+    # where the weights come from (model_store)
+    "source", "controller_path", "hf_repo", "revision", "config_path", "config", "weights_bytes",
+    # engine settings
+    "quantization", "kv_cache_dtype", "dtype", "block_size", "tool_call_parser", "extra_args",
+    # planner overrides
+    "max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
+    "typical_request_tokens", "prefix_caching", "tensor_parallel_size", "gpu_memory_utilization",
+    "share_gpus_with", "cpu_kvcache_space_gib",
+}
+
+
+def check_catalog(models):
+    """Refuse entries without a name, repeated names and unknown fields, naming each."""
+    problems = []
+    names = []
+    for position, model in enumerate(models, 1):
+        if not isinstance(model, dict) or not model.get("name"):
+            problems.append("entry %d has no name" % position)
+            continue
+        names.append(model["name"])
+        unknown = sorted(set(model) - CATALOG_FIELDS)
+        if unknown:
+            problems.append("model %s: unknown field%s %s (known: %s)" % (
+                model["name"], "s" if len(unknown) > 1 else "", ", ".join(unknown), ", ".join(sorted(CATALOG_FIELDS))))
+        if model.get("state", "present") not in ("present", "absent"):
+            problems.append("model %s: state must be present or absent, not %r" % (model["name"], model.get("state")))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append("the catalog names %s more than once: model names must be unique" % ", ".join(duplicates))
+    if problems:
+        raise PlanError("; ".join(problems))
+
+
 def _ports(models, base_port):
     """Each catalog entry's port: its own `port`, else the next free one from base_port in catalog
     order. Retired entries (state: absent) keep their place, so adding or retiring one model
@@ -163,11 +200,8 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
             memory_bandwidth_gbps?}], "nvlink_groups": [[...]]}; ignored for the CPU engine.
     Raises PlanError with the model, its need, what is available and the settings that would fit.
     """
+    check_catalog(models)
     present = [m for m in models if m.get("state", "present") == "present"]
-    names = [m.get("name") for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise PlanError("the catalog names %s more than once: model names must be unique" % ", ".join(duplicates))
     for model in present:
         if model.get("profile", "chat") not in PROFILES:
             raise PlanError("model %s: profile %r is not one of %s" % (model["name"], model.get("profile"),
@@ -304,6 +338,10 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
         if entry.get("dtype", "auto") != "auto":
             args += ["--dtype", entry["dtype"]]
         args.append("--enable-prefix-caching" if settings["prefix_caching"] else "--no-enable-prefix-caching")
+        if entry.get("tool_call_parser"):
+            # Clients that send OpenAI tool definitions (IDE agents, the chat's native tools) get
+            # HTTP 400 from vLLM unless the model's own tool-call format is parsed.
+            args += ["--enable-auto-tool-choice", "--tool-call-parser", str(entry["tool_call_parser"])]
         args += [str(a) for a in entry.get("extra_args", [])]
         environment = {}
         if engine == "cpu":

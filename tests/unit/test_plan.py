@@ -174,6 +174,22 @@ def test_ports_stay_put_when_models_come_and_go():
     assert after_retiring == {"gemma-chat": 8002, "qwen-coder": 8003}
 
 
+def test_catalog_typos_are_refused_by_name():
+    entry = {"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B, "max_modle_len": 8192}
+    with pytest.raises(PlanError, match=r"model qwen-coder: unknown field max_modle_len \(known: "):
+        plan_site([entry], h100s(4), vllm_version="0.32.0")
+    with pytest.raises(PlanError, match="state must be present or absent, not 'retired'"):
+        plan_site([dict(entry, state="retired")], h100s(4))
+
+
+def test_tool_call_parser_becomes_engine_arguments():
+    entry = {"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B,
+             "weights_bytes": 65527752704, "tool_call_parser": "hermes"}
+    args = plan_site([entry], h100s(4), vllm_version="0.32.0")["models"][0]["vllm_args"]
+    assert args[args.index("--enable-auto-tool-choice"):][:3] == ["--enable-auto-tool-choice", "--tool-call-parser",
+                                                                  "hermes"]
+
+
 def test_one_port_for_two_models_is_refused():
     first = {"name": "a", "profile": "eval", "config": GEMMA_3_27B, "weights_bytes": 55244358451, "port": 8100}
     second = dict(first, name="b")

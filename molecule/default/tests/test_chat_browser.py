@@ -185,6 +185,8 @@ def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models,
     dismiss_release_notes(browser)
 
     selector = wait(browser).until(EC.element_to_be_clickable((By.ID, "model-selector-model-button")))
+    # A new chat starts on the inventory's chat model (open_webui_default_model).
+    assert selector.text.strip() == "chat", selector.text
     selector.click()
     time.sleep(1)
     menu = browser.find_element(By.TAG_NAME, "body").text
@@ -209,7 +211,8 @@ def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models,
         reply = wait(browser, REPLY_TIMEOUT).until(finished_reply)
     finally:
         screenshot(browser, "chat-reply.png")
-    assert reply
+    # An engine's refusal shows in the same place as a reply: it must not be one.
+    assert reply and "Error" not in reply and "Exception" not in reply, reply
 
     # The gateway recorded the chat under the signed-in person, through the chat's service key.
     deadline = time.time() + 30

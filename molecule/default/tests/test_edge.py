@@ -17,40 +17,53 @@ ADMIN = {"email": "admin@demo.internal", "password": "demo-admin-password"}
 
 
 def https(host, name, path, *args):
-    """curl through nginx on 127.0.0.1 with the name's SNI, trusting only the appliance's CA."""
-    cmd = host.run("curl -sS -o /tmp/edge-body -w '%%{http_code}' --max-time 30 --cacert %s --resolve %s:443:127.0.0.1 %s https://%s%s",
-                   CA, name, " ".join(args), name, path)
-    return int(cmd.stdout or 0), host.file("/tmp/edge-body").content_string, cmd
+    """curl through nginx on 127.0.0.1 with the name's SNI, trusting only the appliance's CA.
+    Returns (status, body, command); status 0 when no HTTP answer came (a refused handshake)."""
+    host.run("rm -f /tmp/edge-body")
+    extra = " %s" * len(args)  # testinfra quotes each argument on its own
+    cmd = host.run("curl -sS -o /tmp/edge-body -w '%%{http_code}' --max-time 30 --cacert %s --resolve %s:443:127.0.0.1"
+                   + extra + " https://%s%s", CA, name, *args, name, path)
+    body = host.run("cat /tmp/edge-body 2>/dev/null").stdout
+    return int(cmd.stdout or 0), body, cmd
 
 
-# --- Listening sockets: the appliance's own processes (the container shares this machine's network).
+# --- Listening sockets of the appliance's units. The container shares this machine's network, so
+# `ss` also shows the machine's own sockets; a socket's cgroup names the unit that owns it
+# (.../system.slice/<unit>), which sorts them out without reading other users' /proc entries.
 
 def appliance_listeners(host):
-    """(address, port, process) of every listening socket owned by a process of the appliance."""
+    """(address, port, unit) of every listening TCP and UDP socket owned by a systemd unit."""
     rows = []
-    for proto in ("t", "u"):
-        for line in host.run("ss -H -%slnp", proto).stdout.splitlines():
-            if "users:((" not in line:
-                continue  # a process of this machine, not of the appliance
-            local = line.split()[3]
-            address, _, port = local.rpartition(":")
-            rows.append((address.strip("[]").split("%")[0], int(port), re.search(r'users:\(\("([^"]+)"', line).group(1)))
+    for line in host.run("ss -H -tulne").stdout.splitlines():
+        unit = re.search(r"cgroup:\S*/system\.slice/([^/\s]+)", line)
+        if not unit:
+            continue
+        address, _, port = line.split()[4].rpartition(":")
+        rows.append((address.strip("[]").split("%")[0], int(port), unit.group(1)))
     return rows
 
 
+def loopback(address):
+    return address == "::1" or address.startswith("127.")
+
+
 def test_only_nginx_listens_beyond_loopback(host):
-    exposed = {(port, proc) for address, port, proc in appliance_listeners(host)
-               if address not in ("127.0.0.1", "::1") and not address.startswith("127.")}
-    assert exposed <= {(80, "nginx"), (443, "nginx"), (22, "sshd")}, exposed
-    assert (443, "nginx") in exposed
+    exposed = {(port, unit) for address, port, unit in appliance_listeners(host) if not loopback(address)}
+    assert exposed <= {(80, "nginx.service"), (443, "nginx.service"), (22, "ssh.service")}, exposed
+    assert (443, "nginx.service") in exposed
 
 
 def test_services_listen_on_loopback(host):
-    listeners = appliance_listeners(host)
-    ports = {port for _, port, _ in listeners}
-    for port in (8080, 5432):
-        assert port in ports
-    assert {a for a, p, _ in listeners if p == 8080} <= {"127.0.0.1"}
+    by_unit = {}
+    for address, port, unit in appliance_listeners(host):
+        by_unit.setdefault(unit, set()).add((address, port))
+    expected = {"open-webui.service": 8080, "postgresql@15-main.service": 5432, "litellm@1.service": 4000,
+                "litellm@2.service": 4001, "redis-server.service": 6379}
+    for unit, port in expected.items():
+        assert port in {p for _, p in by_unit.get(unit, ())}, (unit, by_unit.get(unit))
+    for unit, sockets in by_unit.items():
+        if unit != "nginx.service":
+            assert all(loopback(address) for address, _ in sockets), (unit, sockets)
 
 
 # --- nginx and TLS.
@@ -141,8 +154,13 @@ def test_api_survives_restarting_one_gateway_instance(host):
     host.run("systemctl restart --no-block litellm@1.service")
     statuses = []
     for _ in range(20):
-        statuses.append(https(host, API, "/v1/models", "-H", "'Authorization: Bearer %s'" % GATEWAY_KEY)[0])
+        statuses.append(https(host, API, "/v1/models", "-H", "Authorization: Bearer %s" % GATEWAY_KEY)[0])
         time.sleep(0.5)
+    # Leave both instances serving for the tests that follow.
+    for _ in range(120):
+        if host.run("curl -sf -o /dev/null http://127.0.0.1:4000/health/liveliness").rc == 0:
+            break
+        time.sleep(1)
     assert statuses == [200] * 20
 
 
@@ -188,7 +206,7 @@ def test_open_webui_signups_open_and_pending(host):
 
 
 def test_admin_from_the_vault_signs_in(host):
-    cmd = host.run("curl -sf -H 'Content-Type: application/json' -d '%s' http://127.0.0.1:8080/api/v1/auths/signin",
+    cmd = host.run("curl -sf -H 'Content-Type: application/json' -d %s http://127.0.0.1:8080/api/v1/auths/signin",
                    json.dumps(ADMIN))
     assert cmd.rc == 0
     assert json.loads(cmd.stdout)["role"] == "admin"

@@ -22,7 +22,7 @@ def post(host, path, key, body, agent="molecule-gateway", port=4000):
     cmd = host.run(
         "curl -sS -o /tmp/gw-body -w '%%{http_code}' --max-time 120 -H 'Authorization: Bearer %s' "
         "-H 'Content-Type: application/json' -A %s -d %s http://127.0.0.1:%s%s",
-        key, agent, json.dumps(body), port, path)
+        key, agent, json.dumps(body), str(port), path)
     raw = host.file("/tmp/gw-body").content_string
     try:
         return int(cmd.stdout or 0), json.loads(raw)
@@ -70,7 +70,7 @@ def test_keys_file_is_private(host):
 
 @pytest.mark.parametrize("instance", [1, 2])
 def test_unit_exposure_at_most_2(host, instance):
-    out = host.run("systemd-analyze security --no-pager litellm@%s.service", instance).stdout
+    out = host.run("systemd-analyze security --no-pager litellm@%s.service", str(instance)).stdout
     score = float(out.strip().splitlines()[-1].split("level for")[1].split(":")[1].split()[0])
     assert score <= 2.0, out[-400:]
 
@@ -95,6 +95,15 @@ def test_refused_keys_get_401_with_openai_body(host, who):
     status, body = post(host, "/v1/chat/completions", KEYS.get(who, "sk-nobody"), chat())
     assert status == 401, body
     assert "message" in body["error"]
+
+
+def test_tool_definitions_reach_a_model_with_a_tool_parser(host):
+    """IDE agents and the chat's native tools send OpenAI tool definitions with tool_choice auto."""
+    tool = {"type": "function", "function": {"name": "get_time", "description": "The current time",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    status, body = post(host, "/v1/chat/completions", KEYS["alice"], dict(chat(), tools=[tool], tool_choice="auto"))
+    assert status == 200, body
+    assert body["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_disallowed_model_gets_403(host):

@@ -33,7 +33,13 @@ def test_report_playbook_brings_the_month_to_the_controller(host, tmp_path):
     out = REPO / "build/reports/demo/2026-03"
     by_type = json.loads((out / "requests_by_type.json").read_text())
     assert sum(r["requests"] for r in by_type) == 5000
-    assert (out / "index.html").read_text().count("<img") == 4
+    # The inventory's prices and monthly cost reach the report: the cost table sums to its total.
+    costs = json.loads((out / "public_api_cost.json").read_text())
+    assert {r["model"] for r in costs} == {"qwen-coder", "gemma-chat", "qwen3-eval"}
+    page = (out / "index.html").read_text()
+    assert "2500" in page
+    # Requests per day, tokens per day, the per-user histogram, the burst plot, and GPU use per day.
+    assert (out / "index.html").read_text().count("<img") == 5
     assert not host.run("ls -d /tmp/usage-report-*").stdout.strip(), "the scratch directory was left behind"
 
 
