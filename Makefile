@@ -1,7 +1,7 @@
 # llm-appliance: one entry point for the controller's chores.
 #   make demo   bring the appliance up on a local systemd container (inventory/demo)
 #   make test   every test: lint, unit, molecule
-#   make bench  figures: converge times, planner accuracy, report speed
+#   make bench  figures: planner accuracy, report speed, converge times, gateway latency
 
 SHELL := /bin/bash
 VENV := .venv
@@ -87,7 +87,8 @@ demo-destroy: venv
 
 bench: venv image artefacts
 	$(BIN)/python bench/planner_accuracy.py
-	bench/converge-times
+	$(BIN)/python bench/report_bench.py
+	bench/appliance
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (requirements/browser-tests.in) is not installed")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -202,10 +202,14 @@ def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models,
     wait(browser).until(EC.element_to_be_clickable((By.ID, "send-message-button"))).click()
 
     def finished_reply(driver):
-        replies = driver.find_elements(By.CSS_SELECTOR, ".chat-assistant #response-content-container")
-        done = driver.find_elements(By.ID, "send-message-button") or driver.find_elements(By.ID, "voice-input-button")
-        text = replies[-1].text.strip() if replies else ""
-        return text if text and done and not driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Stop']") else False
+        try:
+            replies = driver.find_elements(By.CSS_SELECTOR, ".chat-assistant #response-content-container")
+            done = driver.find_elements(By.ID, "send-message-button") or driver.find_elements(By.ID, "voice-input-button")
+            text = replies[-1].text.strip() if replies else ""
+            streaming = driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Stop']")
+        except StaleElementReferenceException:
+            return False  # the page re-rendered while the reply streamed in: look again
+        return text if text and done and not streaming else False
 
     try:
         reply = wait(browser, REPLY_TIMEOUT).until(finished_reply)

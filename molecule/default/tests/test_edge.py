@@ -35,11 +35,12 @@ def appliance_listeners(host):
     """(address, port, unit) of every listening TCP and UDP socket owned by a systemd unit."""
     rows = []
     for line in host.run("ss -H -tulne").stdout.splitlines():
-        unit = re.search(r"cgroup:\S*/system\.slice/([^/\s]+)", line)
-        if not unit:
+        cgroup = re.search(r"cgroup:(\S*/system\.slice/\S+)", line)
+        if not cgroup:
             continue
         address, _, port = line.split()[4].rpartition(":")
-        rows.append((address.strip("[]").split("%")[0], int(port), unit.group(1)))
+        # Template units sit one slice deeper (system-postgresql.slice/postgresql@15-main.service).
+        rows.append((address.strip("[]").split("%")[0], int(port), cgroup.group(1).rsplit("/", 1)[-1]))
     return rows
 
 
