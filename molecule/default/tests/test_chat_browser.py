@@ -177,8 +177,9 @@ def test_chat_page_is_served_over_tls_with_the_generated_ca(ca_file):
 
 
 def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models, psql):
-    recorded_before = int(psql("SELECT count(*) FROM usage_events WHERE user_id = '%s' AND key_alias = 'open-webui'"
-                               % ADMIN_EMAIL, database="llm_appliance"))
+    recorded_chats = ("SELECT count(*) FROM usage_events WHERE user_id = '%s' AND key_alias = 'open-webui' "
+                      "AND call_type = 'chat' AND status = 'success'" % ADMIN_EMAIL)
+    recorded_before = int(psql(recorded_chats, database="llm_appliance"))
     sign_in(browser, ADMIN_EMAIL, ADMIN_PASSWORD)
     chat_input = wait(browser).until(EC.element_to_be_clickable((By.ID, "chat-input")))
     time.sleep(1)
@@ -221,8 +222,7 @@ def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models,
     # The gateway recorded the chat under the signed-in person, through the chat's service key.
     deadline = time.time() + 30
     while time.time() < deadline:
-        recorded = int(psql("SELECT count(*) FROM usage_events WHERE user_id = '%s' AND key_alias = 'open-webui' "
-                            "AND call_type = 'chat' AND status = 'success'" % ADMIN_EMAIL, database="llm_appliance"))
+        recorded = int(psql(recorded_chats, database="llm_appliance"))
         if recorded > recorded_before:
             break
         time.sleep(1)
