@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import sys
 import time
 from urllib.parse import urlparse
@@ -36,10 +37,10 @@ async def one(client, url, key, model, max_tokens, timeout):
         response = await client.post(url + "/completions", headers={"Authorization": f"Bearer {key}"},
                                      json={"model": model, "prompt": "Hello", "max_tokens": max_tokens},
                                      timeout=timeout)
-        ok = response.status_code == 200
-    except (httpx.HTTPError, asyncio.TimeoutError):
-        ok = False
-    return ok, (time.perf_counter() - start) * 1000.0
+        status = response.status_code
+    except (httpx.HTTPError, asyncio.TimeoutError) as err:
+        status = type(err).__name__
+    return status, (time.perf_counter() - start) * 1000.0
 
 
 async def burst(args, n):
@@ -95,13 +96,19 @@ def main() -> int:
           f"{'err direct':>10} {'err gw':>6} {'seconds':>7}  (ms)")
     for n in [int(s) for s in args.sizes.split(",") if s]:
         direct, gateway, lost_d, lost_g, took = asyncio.run(burst(args, n))
-        d_ok = [ms for ok, ms in direct if ok]
-        g_ok = [ms for ok, ms in gateway if ok]
-        err_d = lost_d + sum(1 for ok, _ in direct if not ok)
-        err_g = lost_g + sum(1 for ok, _ in gateway if not ok)
+        d_ok = [ms for status, ms in direct if status == 200]
+        g_ok = [ms for status, ms in gateway if status == 200]
+        err_d = lost_d + len(direct) - len(d_ok)
+        err_g = lost_g + len(gateway) - len(g_ok)
         d50, d99, g50, g99 = percentile(d_ok, 50), percentile(d_ok, 99), percentile(g_ok, 50), percentile(g_ok, 99)
         print(f"{n:>6} {d50:>10.1f} {d99:>8.1f} {g50:>8.1f} {g99:>8.1f} {g50 - d50:>9.1f} {g99 - d99:>9.1f} "
               f"{err_d:>10} {err_g:>6} {took:>7.1f}")
+        for name, results, lost in (("direct", direct, lost_d), ("gateway", gateway, lost_g)):
+            kinds = collections.Counter(str(status) for status, _ in results if status != 200)
+            if lost:
+                kinds["unanswered by the deadline"] = lost
+            if kinds:
+                print(f"{'':>6} {name} errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items())))
         sys.stdout.flush()
     return 0
 
