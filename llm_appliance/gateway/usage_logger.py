@@ -13,10 +13,12 @@ LLM_APPLIANCE_USAGE_BATCH (rows per insert, 200), LLM_APPLIANCE_USAGE_FLUSH_S (1
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -116,12 +118,56 @@ def row_from_callback(kwargs: dict, start_time=None, end_time=None, failed: bool
     }
 
 
+# Refusals at the door: the model is never called, so LiteLLM's log events do not fire for them.
+REJECTIONS = {401: "Unauthorized", 403: "Forbidden", 429: "RateLimited"}
+_ROUTE_CALL_TYPES = (("chat/completions", "chat"), ("completions", "completion"), ("embeddings", "embedding"))
+
+
+def _status_of(error: BaseException) -> int | None:
+    for attribute in ("status_code", "code"):
+        try:
+            return int(getattr(error, attribute))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return None
+
+
+def rejected_row(request_data: dict, error: BaseException, route: str | None, user_name: str | None) -> dict | None:
+    """A usage_events row for a request refused before any model was called (401, 403, 429)."""
+    status = _status_of(error)
+    if status not in REJECTIONS:
+        return None
+    now = time.time()
+    path = (route or "").rstrip("/")
+    call_type = next((kind for suffix, kind in _ROUTE_CALL_TYPES if path.endswith(suffix)), "other")
+    model = request_data.get("model") if isinstance(request_data, dict) else None
+    return {
+        "request_id": str((request_data or {}).get("litellm_call_id") or uuid.uuid4()),
+        "started_at": _iso(now), "ended_at": _iso(now),
+        "user_id": user_name, "key_alias": user_name,
+        "model_alias": str(model) if model else None, "model": None, "deployment": None,
+        "call_type": call_type, "prompt_tokens": 0, "completion_tokens": 0,
+        "ttft_ms": None, "latency_ms": 0.0,
+        "status": "rejected", "error_class": REJECTIONS[status], "user_agent": None,
+    }
+
+
 def is_client_request(kwargs: dict) -> bool:
     """A request that came through the proxy (health checks have no proxy request and no user)."""
     slo = kwargs.get("standard_logging_object") or {}
     if (slo.get("metadata") or {}).get("user_api_key_user_id"):
         return True
     return bool((kwargs.get("litellm_params") or {}).get("proxy_server_request"))
+
+
+def key_hash_of(api_key: str | None) -> str:
+    """The sha256 hex of a key as LiteLLM hands it to failure hooks: hashed already, or in clear."""
+    value = (api_key or "").strip()
+    if value.lower().startswith("bearer "):
+        value = value[7:].strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return value.lower()
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class Spool:
@@ -292,6 +338,23 @@ class UsageLogger(_Base):
 
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
         self._record(kwargs, start_time, end_time, failed=True, error=kwargs.get("exception"))
+
+    async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
+                                           traceback_str=None):
+        """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
+        row too, under the key's user when the key is known (an expired or revoked one, say)."""
+        try:
+            from llm_appliance.gateway.auth import gate
+
+            user = gate().store.users().get(key_hash_of(getattr(user_api_key_dict, "api_key", None)))
+            row = rejected_row(request_data or {}, original_exception,
+                               getattr(user_api_key_dict, "request_route", None), user.name if user else None)
+            if row is not None:
+                self.writer.start()
+                self.writer.put(row)
+        except Exception:  # noqa: BLE001 - logging must never change the answer
+            log.exception("usage row of a refused request dropped into the log")
+        return None
 
 
 usage_logger = UsageLogger()

@@ -1,45 +1,47 @@
 """Every aggregation runs in PostgreSQL; Python only receives the summarised rows.
 
-All queries take the period as a half-open range [start, end) on started_at.
+All queries take the period as a half-open range [start, end) on started_at. Requests the gateway
+refused at the door (status 'rejected': bad key, model not allowed, over a limit) never reached a
+model: they are counted on their own (REJECTED), not as traffic.
 """
 
 TOTALS = """
 SELECT coalesce(call_type, 'other') AS call_type, count(*) AS requests,
        round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS share_pct
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 GROUP BY 1 ORDER BY requests DESC, call_type
 """
 
 DAILY_BY_TYPE = """
 SELECT (started_at AT TIME ZONE %(tz)s)::date AS day, coalesce(call_type, 'other') AS call_type, count(*) AS requests
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 TOKENS_BY_MODEL = """
 SELECT coalesce(model, model_alias, 'unknown') AS model, count(*) AS requests,
        sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 GROUP BY 1 ORDER BY sum(prompt_tokens) + sum(completion_tokens) DESC, 1
 """
 
 DAILY_TOKENS_BY_MODEL = """
 SELECT (started_at AT TIME ZONE %(tz)s)::date AS day, coalesce(model, model_alias, 'unknown') AS model,
        sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 USERS_BY_TYPE = """
 SELECT coalesce(call_type, 'other') AS call_type, count(DISTINCT user_id) AS users
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
 GROUP BY 1 ORDER BY 1
 """
 
 PER_USER = """
 WITH per_user AS (
     SELECT user_id, count(*) AS requests
-    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
     GROUP BY user_id
 ), ranked AS (
     SELECT requests, ntile(10) OVER (ORDER BY requests DESC) AS decile FROM per_user
@@ -54,7 +56,7 @@ FROM ranked
 
 PER_USER_COUNTS = """
 SELECT user_id, count(*) AS requests
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND user_id IS NOT NULL
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
 GROUP BY user_id ORDER BY requests DESC, user_id
 """
 
@@ -63,7 +65,7 @@ GROUP BY user_id ORDER BY requests DESC, user_id
 # then taken off, which makes the window half-open.
 _BURST_COUNTS = """
 WITH events AS (
-    SELECT started_at FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+    SELECT started_at FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 ), windows AS (
     SELECT started_at, count(*) OVER (ORDER BY started_at
                                       RANGE BETWEEN CURRENT ROW AND %(window)s::interval FOLLOWING) AS n_closed
@@ -97,7 +99,7 @@ SELECT coalesce(model, model_alias, 'unknown') AS model, count(*) AS requests,
        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms)::numeric, 1) AS ttft_p50_ms,
        round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms)::numeric, 1) AS ttft_p95_ms,
        round(100.0 * count(*) FILTER (WHERE status <> 'success') / count(*), 3) AS error_rate_pct
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
 GROUP BY 1 ORDER BY requests DESC, model
 """
 
@@ -115,4 +117,10 @@ SELECT (sampled_at AT TIME ZONE %(tz)s)::date AS day, host, gpu_index,
        round(avg(utilization_pct)::numeric, 1) AS mean_utilization_pct
 FROM gpu_samples WHERE sampled_at >= %(start)s AND sampled_at < %(end)s
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+REJECTED = """
+SELECT error_class AS refused_as, count(*) AS requests, count(DISTINCT user_id) AS known_users
+FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status = 'rejected'
+GROUP BY 1 ORDER BY requests DESC, 1
 """

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TABLES = ["requests_by_type", "daily_requests", "tokens_by_model", "daily_tokens", "users_by_type",
-          "per_user_counts", "latency_by_model", "bursts", "gpu_utilisation", "gpu_daily_utilisation",
+          "per_user_counts", "latency_by_model", "rejected", "bursts", "gpu_utilisation", "gpu_daily_utilisation",
           "public_api_cost"]
 
 
@@ -156,6 +156,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
 {top10}% of the requests.</p><img src="per_user.png" alt="Per-user distribution">
 <h2>Bursts</h2>{bursts}<img src="bursts.png" alt="Bursts">
 <h2>Latency and errors</h2>{latency}
+<h2 id="rejected">Refused at the gateway</h2>{rejected}
 <h2 id="gpu">GPU utilisation</h2>{gpu}
 {cost}
 </body></html>
@@ -165,7 +166,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
            users_n=per_user_summary["users"], mean=per_user_summary["mean_requests"],
            median=per_user_summary["median_requests"], top10=per_user_summary["top10_share_pct"],
            bursts=_table_html(report["bursts"], ["window_s", "max_requests", "p50", "p90", "p99"]),
-           latency=_table_html(report["latency_by_model"]), gpu=gpu, cost=cost)
+           latency=_table_html(report["latency_by_model"]),
+           rejected=_table_html(report["rejected"]) if report["rejected"] else "<p>None.</p>", gpu=gpu, cost=cost)
     with open(os.path.join(directory, "index.html"), "w", encoding="utf-8") as handle:
         handle.write(page)
     return os.path.join(directory, "index.html")

@@ -50,6 +50,7 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
             "per_user": _rows(cursor, queries.PER_USER, params)[0],
             "per_user_counts": _rows(cursor, queries.PER_USER_COUNTS, params),
             "latency_by_model": _rows(cursor, queries.LATENCY_BY_MODEL, params),
+            "rejected": _rows(cursor, queries.REJECTED, params),
             "bursts": [], "burst_histograms": {},
         }
         for seconds in windows:

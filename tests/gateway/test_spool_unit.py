@@ -1,7 +1,11 @@
 """The usage writer without PostgreSQL: rows spooled while the database is away, flushed once."""
 
+import asyncio
 import datetime as dt
+import json
+import types
 
+from llm_appliance.gateway import auth
 from llm_appliance.gateway import usage_logger as ul
 
 
@@ -75,3 +79,50 @@ def test_row_from_standard_logging_object():
 def test_health_checks_are_not_usage():
     assert not ul.is_client_request({"standard_logging_object": {"metadata": {}}, "litellm_params": {}})
     assert ul.is_client_request({"standard_logging_object": {"metadata": {"user_api_key_user_id": "a"}}})
+
+
+class Refusal(Exception):
+    def __init__(self, status_code):
+        super().__init__("refused")
+        self.status_code = status_code
+
+
+class Collecting:
+    def __init__(self):
+        self.rows = []
+
+    def start(self):
+        pass
+
+    def put(self, row):
+        self.rows.append(row)
+
+
+def test_refusals_become_rejected_rows_and_model_failures_do_not():
+    body = {"model": "chat", "litellm_call_id": "call-1"}
+    row = ul.rejected_row(body, Refusal(429), "/v1/chat/completions", "alice")
+    assert (row["request_id"], row["user_id"], row["model_alias"], row["call_type"], row["status"],
+            row["error_class"]) == ("call-1", "alice", "chat", "chat", "rejected", "RateLimited")
+    assert ul.rejected_row({}, Refusal(401), "/v1/completions", None)["call_type"] == "completion"
+    assert ul.rejected_row({}, Refusal(403), "/v1/embeddings", "bob")["error_class"] == "Forbidden"
+    # A failing model call is logged by the failure event; the hook must not count it twice.
+    assert ul.rejected_row(body, Refusal(500), "/v1/chat/completions", "alice") is None
+
+
+def test_key_hash_as_litellm_hands_it_over():
+    digest = auth.hash_key("sk-demo")
+    assert ul.key_hash_of(digest) == digest
+    assert ul.key_hash_of("sk-demo") == digest
+    assert ul.key_hash_of("Bearer sk-demo") == digest
+
+
+def test_failure_hook_names_the_user_of_a_known_key(tmp_path, monkeypatch):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"users": [{"name": "old", "key_sha256": auth.hash_key("sk-old"), "expires": "2020-01-01"}]}))
+    monkeypatch.setattr(auth, "_gate", auth.Gate(auth.KeyStore(str(keys))))
+    writer = Collecting()
+    logger = ul.UsageLogger(writer=writer)
+    for key, expected in (("sk-old", "old"), ("sk-unknown", None)):
+        identity = types.SimpleNamespace(api_key=auth.hash_key(key), request_route="/v1/chat/completions")
+        asyncio.run(logger.async_post_call_failure_hook({"model": "chat"}, Refusal(401), identity))
+        assert writer.rows[-1]["user_id"] == expected and writer.rows[-1]["status"] == "rejected"

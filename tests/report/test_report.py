@@ -71,6 +71,20 @@ def test_per_user_distribution(database):
     assert shares == {"completion": pytest.approx(90.91, abs=0.01), "chat": pytest.approx(9.09, abs=0.01)}
 
 
+def test_refused_requests_are_counted_apart_from_traffic(database):
+    insert(database, [event(0, 0), event(1, 1), event(2, 2, status="failure"),
+                      event(3, 3, user="mallory", status="rejected", prompt=0, completion=0),
+                      event(4, 4, user=None, status="rejected", prompt=0, completion=0)])
+    with psycopg.connect(database) as connection:
+        connection.execute("UPDATE usage_events SET error_class = 'Unauthorized' WHERE request_id IN ('r3', 'r4')")
+    report = report_for(database)
+    assert report["total_requests"] == 3
+    assert report["bursts"][0]["max_requests"] == 3
+    assert [(r["model"], r["requests"]) for r in report["latency_by_model"]] == [("qwen-coder", 3)]
+    assert float(report["latency_by_model"][0]["error_rate_pct"]) == pytest.approx(33.333, abs=0.001)
+    assert report["rejected"] == [{"refused_as": "Unauthorized", "requests": 2, "known_users": 1}]
+
+
 def test_public_api_cost(database):
     insert(database, [event(0, 0, prompt=1_500_000, completion=400_000), event(1, 1, prompt=500_000, completion=100_000)])
     prices = {"currency": "EUR", "models": {"qwen-coder": {"prompt": 0.5, "completion": 1.5}}}

@@ -106,6 +106,24 @@ def test_tool_definitions_reach_a_model_with_a_tool_parser(host):
     assert body["choices"][0]["message"]["role"] == "assistant"
 
 
+def rejected_rows(host, user, error_class, since):
+    out = host.run(PSQL + " %s", f"SELECT count(*) FROM usage_events WHERE user_id = '{user}' AND status = 'rejected' "
+                   f"AND error_class = '{error_class}' AND started_at >= '{since}'").stdout
+    return int(out.strip() or 0)
+
+
+def test_refused_requests_leave_a_row_under_the_keys_user(host):
+    since = host.run("date -u +%Y-%m-%dT%H:%M:%S.%NZ").stdout.strip()
+    assert post(host, "/v1/chat/completions", KEYS["revoked"], chat())[0] == 401
+    assert post(host, "/v1/completions", KEYS["bob"], completion("code"))[0] == 403
+    deadline = time.time() + 30
+    while time.time() < deadline and not (rejected_rows(host, "demo-revoked", "Unauthorized", since)
+                                          and rejected_rows(host, "demo-bob", "Forbidden", since)):
+        time.sleep(1)
+    assert rejected_rows(host, "demo-revoked", "Unauthorized", since) == 1
+    assert rejected_rows(host, "demo-bob", "Forbidden", since) == 1
+
+
 def test_disallowed_model_gets_403(host):
     status, body = post(host, "/v1/completions", KEYS["bob"], completion("code"))
     assert status == 403, body
