@@ -32,9 +32,12 @@ FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND sta
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
+# DISTINCT in a subquery hashes (call_type, user_id) once; count(DISTINCT ...) would sort every row.
 USERS_BY_TYPE = """
-SELECT coalesce(call_type, 'other') AS call_type, count(DISTINCT user_id) AS users
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
+SELECT call_type, count(*) AS users FROM (
+    SELECT DISTINCT coalesce(call_type, 'other') AS call_type, user_id
+    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
+) AS pairs
 GROUP BY 1 ORDER BY 1
 """
 
@@ -60,36 +63,27 @@ FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND sta
 GROUP BY user_id ORDER BY requests DESC, user_id
 """
 
-# For each request: how many requests started in [its start, its start + T), itself included.
-# The window frame counts rows up to and including start + T; those exactly at start + T are
-# then taken off, which makes the window half-open.
-_BURST_COUNTS = """
-WITH events AS (
-    SELECT started_at FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected'
-), windows AS (
-    SELECT started_at, count(*) OVER (ORDER BY started_at
-                                      RANGE BETWEEN CURRENT ROW AND %(window)s::interval FOLLOWING) AS n_closed
-    FROM events
-), counts AS (
-    SELECT w.n_closed - coalesce(b.n, 0) AS n
-    FROM windows w
-    LEFT JOIN (SELECT started_at, count(*) AS n FROM events GROUP BY started_at) b
-           ON b.started_at = w.started_at + %(window)s::interval
+# For each request: how many requests started in [its start, its start + T), itself included,
+# for every window T in one pass (one sort of the period). started_at has microsecond resolution,
+# so a frame ending 1 us before start + T is exactly the half-open window; CURRENT ROW in RANGE
+# mode takes in the requests that started at the same instant. Only the histogram per window
+# leaves PostgreSQL; the summary (maximum, percentiles) is computed from it.
+def burst_histograms_sql(window_count):
+    frames = ",\n           ".join(
+        "count(*) OVER (ORDER BY started_at RANGE BETWEEN CURRENT ROW AND "
+        "%%(window_%d)s::interval - interval '1 microsecond' FOLLOWING) AS n%d" % (k, k)
+        for k in range(window_count))
+    values = ", ".join("(%d, n%d)" % (k, k) for k in range(window_count))
+    return """
+WITH counts AS MATERIALIZED (
+    SELECT %s
+    FROM usage_events WHERE started_at >= %%(start)s AND started_at < %%(end)s AND status <> 'rejected'
 )
-"""
+SELECT w.window_index, w.n AS requests_in_window, count(*) AS occurrences
+FROM counts CROSS JOIN LATERAL (VALUES %s) AS w(window_index, n)
+GROUP BY 1, 2 ORDER BY 1, 2
+""" % (frames, values)
 
-BURSTS = _BURST_COUNTS + """
-SELECT max(n) AS max_requests,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY n) AS p50,
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY n) AS p90,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY n) AS p99,
-       count(*) AS requests
-FROM counts
-"""
-
-BURST_HISTOGRAM = _BURST_COUNTS + """
-SELECT n AS requests_in_window, count(*) AS occurrences FROM counts GROUP BY n ORDER BY n
-"""
 
 LATENCY_BY_MODEL = """
 SELECT coalesce(model, model_alias, 'unknown') AS model, count(*) AS requests,

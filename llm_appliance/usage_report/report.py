@@ -22,6 +22,34 @@ def period_bounds(period):
     return start, start + dt.timedelta(days=days)
 
 
+def percentile_from_histogram(histogram, fraction):
+    """PostgreSQL's percentile_cont over the values a histogram [(value, count), ...] stands for."""
+    total = sum(count for _, count in histogram)
+    position = fraction * (total - 1)
+    lower, upper = int(position), min(int(position) + 1, total - 1)
+
+    def value_at(index):
+        seen = 0
+        for value, count in histogram:
+            seen += count
+            if index < seen:
+                return value
+        raise IndexError(index)
+
+    low = value_at(lower)
+    return float(low + (value_at(upper) - low) * (position - lower))
+
+
+def burst_summary(histogram_rows):
+    """Maximum and percentiles of the requests-in-window counts, from their histogram."""
+    histogram = sorted((r["requests_in_window"], r["occurrences"]) for r in histogram_rows)
+    if not histogram:
+        return {"max_requests": None, "p50": None, "p90": None, "p99": None, "requests": 0}
+    return {"max_requests": histogram[-1][0],
+            "p50": percentile_from_histogram(histogram, 0.5), "p90": percentile_from_histogram(histogram, 0.9),
+            "p99": percentile_from_histogram(histogram, 0.99), "requests": sum(c for _, c in histogram)}
+
+
 def _rows(cursor, sql, params):
     cursor.execute(sql, params)
     names = [c.name for c in cursor.description]
@@ -53,12 +81,15 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
             "rejected": _rows(cursor, queries.REJECTED, params),
             "bursts": [], "burst_histograms": {},
         }
+        windows = tuple(dict.fromkeys(int(w) for w in windows))
+        window_params = dict(params, **{"window_%d" % k: "%d seconds" % s for k, s in enumerate(windows)})
+        histograms = {seconds: [] for seconds in windows}
+        for row in _rows(cursor, queries.burst_histograms_sql(len(windows)), window_params) if windows else []:
+            histograms[windows[row["window_index"]]].append(
+                {"requests_in_window": row["requests_in_window"], "occurrences": row["occurrences"]})
         for seconds in windows:
-            window = dict(params, window="%d seconds" % seconds)
-            summary = _rows(cursor, queries.BURSTS, window)[0]
-            summary["window_s"] = seconds
-            report["bursts"].append(summary)
-            report["burst_histograms"][seconds] = _rows(cursor, queries.BURST_HISTOGRAM, window)
+            report["bursts"].append(dict(window_s=seconds, **burst_summary(histograms[seconds])))
+            report["burst_histograms"][seconds] = histograms[seconds]
         if not prometheus_url:
             report["gpu_utilisation"] = _rows(cursor, queries.GPU_UTILISATION, params)
             report["gpu_daily_utilisation"] = _rows(cursor, queries.GPU_DAILY_UTILISATION, params)

@@ -52,6 +52,25 @@ def test_burst_windows_of_a_known_series(database):
     assert histogram == {4: 2, 3: 1, 2: 1, 1: 2}
 
 
+def test_burst_percentiles_equal_postgresqls_percentile_cont(database):
+    """The summary is computed from the histogram; it must agree with PostgreSQL's own percentile_cont."""
+    import random
+
+    from llm_appliance.usage_report.report import burst_summary
+
+    rng = random.Random(7)
+    values = [rng.choice([1, 1, 1, 2, 2, 3, 5, 8, 13, 40]) for _ in range(997)]
+    histogram = [{"requests_in_window": v, "occurrences": values.count(v)} for v in sorted(set(values))]
+    with psycopg.connect(database) as connection:
+        expected = connection.execute(
+            "SELECT max(v), percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.9) WITHIN GROUP "
+            "(ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v) FROM unnest(%s::int[]) AS v",
+            (values,)).fetchone()
+    summary = burst_summary(histogram)
+    assert (summary["max_requests"], summary["p50"], summary["p90"], summary["p99"]) == pytest.approx(expected)
+    assert summary["requests"] == 997
+
+
 def test_per_user_distribution(database):
     rows, n = [], 0
     for user, count in (("alice", 5), ("bob", 3), ("carol", 1), ("dave", 1)):
