@@ -4,7 +4,7 @@ import math
 
 from llm_appliance.plan.config import parse_config
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import GIB, estimate_memory
+from llm_appliance.plan.memory import GIB, estimate_memory, weights_bytes_per_gpu
 
 # What each workload needs. typical_request_tokens x target_concurrency KV tokens must fit.
 PROFILES = {
@@ -189,6 +189,37 @@ def _ports(models, base_port):
     return ports
 
 
+def _speed_options(shape, entry, tp, gpu_count, bandwidth, target):
+    """What would reach the decode-speed target: fp8 weights and/or more GPUs, each figure from the
+    same roofline; the fewest GPUs first. Says so when nothing on this host would."""
+    quantizations = [entry.get("quantization", "")]
+    if not entry.get("quantization") and not shape.checkpoint_quantization:
+        quantizations.append("fp8")
+    options = []
+    for size in _valid_tp_sizes(shape, gpu_count):
+        if size < tp:
+            continue
+        for quantization in quantizations:
+            if size == tp and quantization == quantizations[0]:
+                continue  # the plan as it stands
+            weights = weights_bytes_per_gpu(shape, entry.get("weights_bytes"), size, 1, quantization,
+                                            entry.get("dtype", "auto")) / GIB
+            speed = decode_tokens_per_s(shape, weights, size, bandwidth)
+            label = " and ".join(part for part in (
+                "fp8 weights" if quantization == "fp8" and not entry.get("quantization") else "",
+                "tensor_parallel_size %d" % size if size != tp else "") if part)
+            options.append((speed >= target, size, quantization != quantizations[0], speed, label))
+    # Fewest GPUs first, then the unquantized option.
+    reaching = sorted((o for o in options if o[0]), key=lambda o: (o[1], o[2]))
+    if reaching:
+        return "would reach it: " + ", or ".join("%s (~%.0f tokens/s)" % (o[4], o[3]) for o in reaching[:3])
+    if not options:
+        return "nothing on this host would reach it"
+    best = max(options, key=lambda o: o[3])
+    return "nothing with up to %d of these GPUs reaches it; the fastest is %s (~%.0f tokens/s)" % (
+        gpu_count, best[4], best[3])
+
+
 def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_port=8001,
               gpu_memory_utilization=0.90, cpu_kvcache_space_gib=1, speed_target_tokens_per_s=80):
     """Plan every present model of the catalog.
@@ -295,9 +326,13 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
                                 % (estimate.reason, gpu.get("name", "GPU"), gpu_total_gib(gpu), len(free),
                                    len(by_index), "; ".join(tips)))
             tp, gpu_set, estimate = choice
-            reasons.append("tensor_parallel_size %d: the smallest that divides %d heads and %d vocabulary and "
-                           "holds %d KV tokens (needed %d)" % (tp, shape.heads, shape.vocab,
-                                                               estimate.kv_cache_tokens, needed_tokens))
+            if entry.get("tensor_parallel_size"):
+                reasons.append("tensor_parallel_size %d: set in the catalog; holds %d KV tokens (needed %d)"
+                               % (tp, estimate.kv_cache_tokens, needed_tokens))
+            else:
+                reasons.append("tensor_parallel_size %d: the smallest that divides %d heads and %d vocabulary and "
+                               "holds %d KV tokens (needed %d)" % (tp, shape.heads, shape.vocab,
+                                                                   estimate.kv_cache_tokens, needed_tokens))
             in_group = any(set(gpu_set) <= set(group) for group in nvlink_groups)
             if tp > 1:
                 reasons.append("GPUs %s %s" % (gpu_set, "share an NVLink group" if in_group else
@@ -315,15 +350,10 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
                     speed_note = "predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): meets %d" % (
                         speed, DECODE_EFFICIENCY * 100, bandwidth, speed_target_tokens_per_s)
                 else:
-                    ideas = []
-                    if not entry.get("quantization") and not shape.checkpoint_quantization:
-                        fp8_weights = estimate.weights_gib_per_gpu * 0.5
-                        ideas.append("fp8 weights (~%.0f tokens/s)" % decode_tokens_per_s(shape, fp8_weights, tp, bandwidth))
-                    ideas.append("tensor_parallel_size %d (~%.0f tokens/s)" % (
-                        tp * 2, decode_tokens_per_s(shape, estimate.weights_gib_per_gpu / 2, tp * 2, bandwidth)))
-                    speed_note = ("predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): below %d; "
-                                  "would reach it: %s" % (speed, DECODE_EFFICIENCY * 100, bandwidth,
-                                                          speed_target_tokens_per_s, ", or ".join(ideas)))
+                    speed_note = ("predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): below %d; %s"
+                                  % (speed, DECODE_EFFICIENCY * 100, bandwidth, speed_target_tokens_per_s,
+                                     _speed_options(shape, entry, tp, len(by_index), bandwidth,
+                                                    speed_target_tokens_per_s)))
                 reasons.append(speed_note)
 
         args = ["--max-model-len", str(settings["max_model_len"]),

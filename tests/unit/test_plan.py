@@ -1,5 +1,6 @@
 """The planner: vLLM's memory arithmetic and the placement decisions, on exact figures."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,18 @@ def test_ports_stay_put_when_models_come_and_go():
     assert after_adding["qwen-coder"] == 8003
     after_retiring = ports([dict(small, state="absent"), chat, coder])
     assert after_retiring == {"gemma-chat": 8002, "qwen-coder": 8003}
+
+
+def test_speed_advice_names_only_settings_that_reach_the_target():
+    models = [{"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451}]
+    plan = plan_site(models, h100s(4), vllm_version="0.32.0")
+    advice = [r for r in plan["models"][0]["reasons"] if "below 80" in r][0]
+    # One H100 decodes ~36 tokens/s; fp8 alone (~73) and TP 2 alone (~67) fall short, so neither is offered.
+    offered = re.findall(r"(?:would reach it: |or )([^(]+) \(~(\d+) tokens/s\)", advice)
+    assert offered and all(int(speed) >= 80 for _, speed in offered), advice
+    assert "fp8 weights and tensor_parallel_size 2" in advice
+    one_gpu = plan_site(models, h100s(1), vllm_version="0.32.0")["models"][0]["reasons"]
+    assert any("nothing with up to 1 of these GPUs reaches it; the fastest is fp8 weights" in r for r in one_gpu)
 
 
 def test_catalog_typos_are_refused_by_name():
