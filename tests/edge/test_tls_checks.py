@@ -45,26 +45,14 @@ def test_key_of_another_certificate_is_refused(tmp_path, key_file):
     assert "nginx was not touched" in result.stdout
 
 
-def test_expired_certificate_is_refused(tmp_path, key_file):
+@pytest.mark.parametrize("validity", [
+    {"not_before": NOW - datetime.timedelta(days=400), "not_after": NOW - datetime.timedelta(days=1)},
+    {"not_after": NOW + datetime.timedelta(days=2)},  # inside the renewal margin
+    {"not_before": NOW + datetime.timedelta(days=3)},
+], ids=["expired", "expiring-within-the-margin", "not-yet-valid"])
+def test_certificate_outside_its_validity_is_refused(tmp_path, key_file, validity):
     key, path = key_file
-    make_cert(key, tmp_path / "server.crt", not_before=NOW - datetime.timedelta(days=400),
-              not_after=NOW - datetime.timedelta(days=1))
-    result = validate(tmp_path / "server.crt", path)
-    assert result.returncode != 0
-    assert "must be valid now" in result.stdout
-
-
-def test_certificate_expiring_within_the_margin_is_refused(tmp_path, key_file):
-    key, path = key_file
-    make_cert(key, tmp_path / "server.crt", not_after=NOW + datetime.timedelta(days=2))
-    result = validate(tmp_path / "server.crt", path)
-    assert result.returncode != 0
-    assert "must be valid now" in result.stdout
-
-
-def test_certificate_not_yet_valid_is_refused(tmp_path, key_file):
-    key, path = key_file
-    make_cert(key, tmp_path / "server.crt", not_before=NOW + datetime.timedelta(days=3))
+    make_cert(key, tmp_path / "server.crt", **validity)
     result = validate(tmp_path / "server.crt", path)
     assert result.returncode != 0
     assert "must be valid now" in result.stdout
