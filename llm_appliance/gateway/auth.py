@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,14 @@ def strip_bearer(api_key: str) -> str:
     if api_key.lower().startswith("bearer "):
         api_key = api_key[7:].strip()
     return api_key
+
+
+def key_hash_of(api_key: str | None) -> str:
+    """The sha256 hex of a key as LiteLLM hands it to failure hooks: hashed already, or in clear."""
+    value = strip_bearer(api_key)
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return value.lower()
+    return hash_key(value)
 
 
 def _int_or_none(value):

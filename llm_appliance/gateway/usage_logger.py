@@ -13,12 +13,10 @@ LLM_APPLIANCE_USAGE_BATCH (rows per insert, 200), LLM_APPLIANCE_USAGE_FLUSH_S (1
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import uuid
@@ -158,16 +156,6 @@ def is_client_request(kwargs: dict) -> bool:
     if (slo.get("metadata") or {}).get("user_api_key_user_id"):
         return True
     return bool((kwargs.get("litellm_params") or {}).get("proxy_server_request"))
-
-
-def key_hash_of(api_key: str | None) -> str:
-    """The sha256 hex of a key as LiteLLM hands it to failure hooks: hashed already, or in clear."""
-    value = (api_key or "").strip()
-    if value.lower().startswith("bearer "):
-        value = value[7:].strip()
-    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
-        return value.lower()
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class Spool:
@@ -344,7 +332,7 @@ class UsageLogger(_Base):
         """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
         row too, under the key's user when the key is known (an expired or revoked one, say)."""
         try:
-            from llm_appliance.gateway.auth import gate
+            from llm_appliance.gateway.auth import gate, key_hash_of
 
             user = gate().store.users().get(key_hash_of(getattr(user_api_key_dict, "api_key", None)))
             row = rejected_row(request_data or {}, original_exception,

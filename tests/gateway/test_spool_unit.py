@@ -111,9 +111,9 @@ def test_refusals_become_rejected_rows_and_model_failures_do_not():
 
 def test_key_hash_as_litellm_hands_it_over():
     digest = auth.hash_key("sk-demo")
-    assert ul.key_hash_of(digest) == digest
-    assert ul.key_hash_of("sk-demo") == digest
-    assert ul.key_hash_of("Bearer sk-demo") == digest
+    assert auth.key_hash_of(digest) == digest
+    assert auth.key_hash_of("sk-demo") == digest
+    assert auth.key_hash_of("Bearer sk-demo") == digest
 
 
 def test_failure_hook_names_the_user_of_a_known_key(tmp_path, monkeypatch):
