@@ -27,6 +27,9 @@ NON_TORCH_TP1_GIB = 0.25
 NON_TORCH_TP1_BEFORE_0_18_GIB = 0.13
 NON_TORCH_TP2_GIB = 2.13
 NON_TORCH_PP_ONLY_GIB = 0.07
+# The first release whose sliding-window reservation counts every in-flight batch: read in
+# 0.32.0's sources; the release that introduced it was not identified.
+IN_FLIGHT_BATCHES_FROM = (0, 32, 0)
 # CUDA graphs: estimated, then deducted from the KV budget from v0.21; 0.5-1.9 GiB seen on H100.
 CUDA_GRAPH_ESTIMATE_GIB = 0.9
 
@@ -139,6 +142,20 @@ def kv_layout(shape, tensor_parallel_size, pipeline_parallel_size, kv_cache_dtyp
     return page, group_size, groups, dtype_bytes
 
 
+def in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version, cpu_engine):
+    """Tokens scheduled but not yet settled, which sliding-window and chunked layers keep blocks for.
+
+    vLLM 0.32 (config/vllm.py, max_in_flight_tokens) reserves one max_num_batched_tokens batch per
+    concurrent batch: async scheduling, on by default on GPUs, runs pipeline_parallel_size + 1 of
+    them (the V2 model runner, the GPU default). The CPU build turns async scheduling off: one
+    batch per pipeline stage. Before 0.32 one batch is assumed, as the older sources read.
+    """
+    if version < IN_FLIGHT_BATCHES_FROM:
+        return max_num_batched_tokens
+    batches = pipeline_parallel_size if cpu_engine else pipeline_parallel_size + 1
+    return max_num_batched_tokens * batches
+
+
 def blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size):
     need = 0
     for kind, count in groups.items():
@@ -193,7 +210,9 @@ def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_p
     block_bytes = page * group_size
     num_blocks = max(0, int(available * GIB) // block_bytes) if available > 0 else 0
     group_count = sum(groups.values())
-    need = blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size)
+    in_flight = in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version,
+                                 cpu_engine=cpu_kvcache_space_gib is not None)
+    need = blocks_per_request(shape, groups, max_model_len, in_flight, block_size)
     concurrency = num_blocks / need if need else 0.0
     if version >= (0, 21, 0):
         # The CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
@@ -206,7 +225,7 @@ def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_p
     low, high = 1, max(max_model_len, shape.max_position)
     while low <= high:
         mid = (low + high) // 2
-        if blocks_per_request(shape, groups, mid, max_num_batched_tokens, block_size) <= num_blocks:
+        if blocks_per_request(shape, groups, mid, in_flight, block_size) <= num_blocks:
             fits_len, low = mid, mid + 1
         else:
             high = mid - 1

@@ -140,9 +140,32 @@ def test_cuda_total_from_nvidia_smi():
     assert gpu_total_gib(H100) == 79.19
 
 
+def test_sliding_window_reservation_counts_every_in_flight_batch_from_0_32():
+    """vLLM 0.32 reserves (pipeline stages + 1) batches per sliding group on GPUs (async scheduling);
+    before, one batch. gemma-3-27b at 32k: 6 sliding groups of cdiv(1023 + in-flight, 16) + 1 blocks."""
+    shape = parse_config(GEMMA_3_27B)
+    settings = dict(gpu_memory_gib=79.19, gpu_memory_utilization=0.9, max_model_len=32768,
+                    max_num_batched_tokens=8192, weights_bytes=55244358451)
+    old = estimate_memory(shape, vllm_version="0.31.0", **settings)
+    new = estimate_memory(shape, vllm_version="0.32.0", **settings)
+    blocks_old = 2048 + 6 * ((1023 + 8192 + 15) // 16 + 1)
+    blocks_new = 2048 + 6 * ((1023 + 16384 + 15) // 16 + 1)
+    assert old.max_concurrency == round(old.num_blocks / blocks_old, 2)
+    assert new.max_concurrency == round(new.num_blocks / blocks_new, 2)
+    # The CPU build runs no async scheduling: one batch in flight there.
+    cpu = estimate_memory(shape, gpu_memory_gib=0, max_model_len=32768, max_num_batched_tokens=8192, block_size=128,
+                          cpu_kvcache_space_gib=40, vllm_version="0.32.0")
+    groups = cpu.kv_cache_groups
+    assert groups == 7
+    assert cpu.max_concurrency == round(cpu.num_blocks / (256 + 6 * ((1023 + 8192 + 127) // 128 + 1)), 2)
+
+
 def test_reference_deployment_plan():
+    # As inventory/example has it: the chat model's 4096-token batches keep its sliding-window
+    # reservation small enough for one GPU, which leaves one for evaluation models.
     models = [{"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B, "weights_bytes": 65527752704},
-              {"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451}]
+              {"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451,
+               "max_num_batched_tokens": 4096}]
     plan = plan_site(models, h100s(4), vllm_version="0.32.0")
     by_name = {m["name"]: m for m in plan["models"]}
     assert by_name["qwen-coder"]["gpus"] == [0, 1] and by_name["qwen-coder"]["tensor_parallel_size"] == 2
@@ -176,7 +199,8 @@ def test_ports_stay_put_when_models_come_and_go():
 
 
 def test_speed_advice_names_only_settings_that_reach_the_target():
-    models = [{"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451}]
+    models = [{"name": "gemma-chat", "profile": "chat", "config": GEMMA_3_27B, "weights_bytes": 55244358451,
+               "max_num_batched_tokens": 4096}]
     plan = plan_site(models, h100s(4), vllm_version="0.32.0")
     advice = [r for r in plan["models"][0]["reasons"] if "below 80" in r][0]
     # One H100 decodes ~36 tokens/s; fp8 alone (~73) and TP 2 alone (~67) fall short, so neither is offered.
