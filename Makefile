@@ -79,6 +79,9 @@ molecule: venv image artefacts
 test: deps lint unit molecule
 
 demo: venv image artefacts
+	@# molecule's record of a container that is gone (removed by hand, or by another checkout's
+	@# scenario of the same name) would make it skip the create.
+	docker inspect appliance >/dev/null 2>&1 || molecule reset --scenario-name default
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule create --scenario-name default
 	ansible-playbook site.yml -i inventory/demo
 
