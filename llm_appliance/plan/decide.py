@@ -1,5 +1,6 @@
 """From the site's catalog and its GPUs to a plan: per model the GPUs, tensor-parallel size,
 memory settings, vLLM arguments, the predicted KV capacity and decode speed, and why."""
+import collections
 import math
 
 from llm_appliance.plan.config import parse_config
@@ -145,6 +146,10 @@ CATALOG_FIELDS = {
 }
 
 
+def _repeated(values):
+    return sorted(value for value, count in collections.Counter(values).items() if count > 1)
+
+
 def check_catalog(models):
     """Refuse entries without a name, repeated names and unknown fields, naming each."""
     problems = []
@@ -160,7 +165,7 @@ def check_catalog(models):
                 model["name"], "s" if len(unknown) > 1 else "", ", ".join(unknown), ", ".join(sorted(CATALOG_FIELDS))))
         if model.get("state", "present") not in ("present", "absent"):
             problems.append("model %s: state must be present or absent, not %r" % (model["name"], model.get("state")))
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = _repeated(names)
     if duplicates:
         problems.append("the catalog names %s more than once: model names must be unique" % ", ".join(duplicates))
     if problems:
@@ -171,9 +176,9 @@ def _ports(models, base_port):
     """Each catalog entry's port: its own `port`, else the next free one from base_port in catalog
     order. Retired entries (state: absent) keep their place, so adding or retiring one model
     moves no other model's port (which would restart that model's unit)."""
-    explicit = [m for m in models if m.get("port")]
-    taken = {int(m["port"]) for m in explicit}
-    clashes = sorted({int(m["port"]) for m in explicit if [int(e["port"]) for e in explicit].count(int(m["port"])) > 1})
+    explicit = [int(m["port"]) for m in models if m.get("port")]
+    taken = set(explicit)
+    clashes = _repeated(explicit)
     if clashes:
         raise PlanError("the catalog gives port %s to more than one model: each model needs its own port"
                         % ", ".join(str(p) for p in clashes))

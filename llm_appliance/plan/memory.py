@@ -156,13 +156,15 @@ def in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version, cp
     return max_num_batched_tokens * batches
 
 
-def blocks_per_request(shape, groups, max_model_len, max_num_batched_tokens, block_size):
+def blocks_per_request(shape, groups, max_model_len, in_flight, block_size):
+    """Blocks one request of max_model_len holds; window layers keep their window plus the
+    tokens in flight (in_flight_tokens)."""
     need = 0
     for kind, count in groups.items():
         if kind == SLIDING:
-            per_group = cdiv(min(shape.sliding_window - 1 + max_num_batched_tokens, max_model_len), block_size) + 1
+            per_group = cdiv(min(shape.sliding_window - 1 + in_flight, max_model_len), block_size) + 1
         elif kind == CHUNKED:
-            per_group = cdiv(min(shape.chunk_size + max_num_batched_tokens, max_model_len), block_size)
+            per_group = cdiv(min(shape.chunk_size + in_flight, max_model_len), block_size)
         else:
             per_group = cdiv(max_model_len, block_size)
         need += count * per_group
