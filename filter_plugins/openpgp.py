@@ -1,0 +1,30 @@
+"""Ansible adapter over llm_appliance.openpgp (runs on the controller)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ansible.errors import AnsibleFilterError  # noqa: E402
+
+from llm_appliance.openpgp import key_fingerprints  # noqa: E402
+
+
+def openpgp_fingerprints(key):
+    """{{ armored_key_text | openpgp_fingerprints }} -> {"primary": [FPR, ...], "subkeys": [FPR, ...]}.
+
+    Version 4 fingerprints, 40 upper-case hex digits, computed without gpg; anything that is not
+    an OpenPGP public key (or a key of another version) fails the task with the reason.
+    """
+    if not isinstance(key, (bytes, bytearray)):
+        key = str(key)
+    try:
+        return key_fingerprints(key)
+    except ValueError as exc:
+        raise AnsibleFilterError("openpgp_fingerprints: %s" % exc) from None
+
+
+class FilterModule:
+    """OpenPGP filters."""
+
+    def filters(self):
+        return {"openpgp_fingerprints": openpgp_fingerprints}
