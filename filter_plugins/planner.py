@@ -8,6 +8,7 @@ from ansible.errors import AnsibleFilterError  # noqa: E402
 
 from llm_appliance.plan.cli import UsageError, attach_configs, format_plan  # noqa: E402
 from llm_appliance.plan.decide import plan_site  # noqa: E402
+from llm_appliance.plan.engines import check_engine_driver  # noqa: E402
 from llm_appliance.plan.errors import PlanError  # noqa: E402
 
 
@@ -20,6 +21,14 @@ def appliance_plan(models, gpus=None, engine="cuda", vllm_version="0.32.0", base
                          cpu_kvcache_space_gib=float(cpu_kvcache_space_gib))
     except PlanError as exc:
         raise AnsibleFilterError("The plan does not work, nothing was changed: %s" % exc) from None
+
+
+def appliance_engine_driver_check(engine, vllm_version, driver_branch, driver_version=None):
+    """A one-line summary when the engine's CUDA build runs on the driver; an error naming both otherwise."""
+    try:
+        return check_engine_driver(str(engine), str(vllm_version), driver_branch, driver_version or None)
+    except PlanError as exc:
+        raise AnsibleFilterError("%s. Nothing was changed." % exc) from None
 
 
 def appliance_model_configs(models, base_dir="."):
@@ -48,6 +57,9 @@ def appliance_vllm_units(plan, model_paths):
             "served_model_name": model["name"],
             "args": model["vllm_args"],
             "environment": model["environment"],
+            # Checked before each start (ExecStartPre): these GPUs, this kind, enough free memory.
+            "gpu_check": model.get("gpu_devices", []),
+            "gpu_memory_utilization": model["gpu_memory_utilization"],
         })
     return units
 
@@ -64,6 +76,7 @@ class FilterModule:
         return {
             "appliance_plan": appliance_plan,
             "appliance_model_configs": appliance_model_configs,
+            "appliance_engine_driver_check": appliance_engine_driver_check,
             "appliance_plan_text": appliance_plan_text,
             "appliance_vllm_units": appliance_vllm_units,
             "appliance_litellm_backends": appliance_litellm_backends,

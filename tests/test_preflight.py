@@ -75,3 +75,65 @@ def test_secrets_stay_out_of_the_output(local_site):
     result = run_preflight(local_site, "-v")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo-gateway-db-password" not in result.stdout + result.stderr
+
+
+def test_refusal_says_why_a_known_system_is_refused(local_site):
+    extra = {"preflight_supported_systems": {"Ubuntu": ["24"]},
+             "preflight_unsupported_reasons": {"Debian-12": "its Python cannot run the engine"}}
+    result = run_preflight(local_site, "-e", json.dumps(extra))
+    assert result.returncode != 0
+    assert "which llm-appliance does not support: its Python cannot run the engine." in result.stdout + result.stderr
+
+
+def test_ubuntu_2204_is_refused_for_its_python():
+    defaults = (REPO / "roles/preflight/defaults/main.yml").read_text()
+    assert "Ubuntu-22: >-\n    its Python is 3.10, and vLLM 0.32 requires Python 3.11" in defaults
+
+
+@pytest.fixture()
+def example_site(tmp_path):
+    """inventory/example (4x H100 declared, CUDA engine) with this machine as its GPU host."""
+    site = tmp_path / "example"
+    shutil.copytree(REPO / "inventory/example", site)
+    vault = site / "group_vars/all/vault.yml"
+    vault.write_text(vault.read_text().replace("CHANGE-ME", "test-secret"))
+    (site / "hosts.yml").write_text(json.dumps({"all": {"children": {
+        "llm_hosts": {"hosts": {"controller": {"ansible_connection": "local",
+                                               "ansible_python_interpreter": sys.executable}}}}}}))
+    return site
+
+
+def test_preflight_plans_the_example_catalog(example_site):
+    result = run_preflight(example_site)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "qwen-coder (completion): GPUs [0, 1], TP 2, port 8001" in output
+    assert "vLLM 0.32.0 (CUDA 13.0) needs NVIDIA driver 580.65.06 or newer: branch 580, driver 580.95.05" in output
+    assert "changed=0" in output
+
+
+def test_catalog_that_cannot_fit_stops_preflight(example_site):
+    gpus = {"driver_version": "580.95.05", "nvlink_groups": [],
+            "gpus": [{"index": 0, "name": "NVIDIA L4", "memory_total_mib": 23034}]}
+    result = run_preflight(example_site, "-e", json.dumps({"appliance_gpus": gpus}))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "The plan does not work, nothing was changed: model qwen-coder" in output
+    # Stopped in preflight: no play after it ran.
+    assert "PLAY [Prepare the hosts]" not in output
+
+
+@pytest.mark.parametrize("extra, found", [
+    ({"nvidia_driver_branch": "570"}, "but nvidia_driver_branch is 570: set nvidia_driver_branch to 580 or newer"),
+    ({"appliance_gpus": {"driver_version": "575.51.03", "nvlink_groups": [[0, 1, 2, 3]], "gpus": [
+        {"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "memory_reserved_mib": 470}
+        for i in range(4)]}},
+     "but the host's GPUs report driver 575.51.03: upgrade the driver"),
+])
+def test_engine_that_needs_a_newer_driver_is_refused(example_site, extra, found):
+    result = run_preflight(example_site, "-e", json.dumps(extra))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "vLLM 0.32.0 is built for CUDA 13.0, which needs NVIDIA driver 580.65.06 or newer" in output
+    assert found in output
+    assert "Nothing was changed." in output
