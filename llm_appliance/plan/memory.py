@@ -78,8 +78,7 @@ def weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_p
     --dtype float32 doubles 16-bit checkpoints.
     """
     if weights_bytes is None:
-        bytes_per_param = 1 if shape.checkpoint_quantization in ("fp8", "compressed-tensors") else 2
-        weights_bytes = shape.params_estimate * bytes_per_param
+        weights_bytes = shape.checkpoint_bytes()   # from config.json; PlanError when not understood
     embed_bytes = shape.vocab * shape.hidden * 2 * (1 if shape.tied_embeddings else 2)
     if dtype in ("float32", "float") and not shape.checkpoint_quantization:
         weights_bytes *= 2
