@@ -5,7 +5,7 @@ import math
 
 from llm_appliance.plan.config import parse_config
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import GIB, estimate_memory, weights_bytes_per_gpu
+from llm_appliance.plan.memory import GIB, estimate_memory, parse_version, weights_bytes_per_gpu
 
 # What each workload needs. typical_request_tokens x target_concurrency KV tokens must fit.
 PROFILES = {
@@ -225,6 +225,14 @@ def _speed_options(shape, entry, tp, gpu_count, bandwidth, target):
         gpu_count, best[4], best[3])
 
 
+def _quantization_argument(quantization, vllm_version):
+    """The catalog's quantization as this vLLM names it: from 0.32 (model_executor/model_loader/
+    weight_utils.py) runtime `fp8` is a deprecated alias of `fp8_per_tensor`."""
+    if quantization == "fp8" and parse_version(vllm_version) >= (0, 32):
+        return "fp8_per_tensor"
+    return quantization
+
+
 def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_port=8001,
               gpu_memory_utilization=0.90, cpu_kvcache_space_gib=1, speed_target_tokens_per_s=80):
     """Plan every present model of the catalog.
@@ -367,7 +375,7 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
         if engine != "cpu":
             args += ["--tensor-parallel-size", str(tp), "--gpu-memory-utilization", "%.2f" % gmu]
         if entry.get("quantization"):
-            args += ["--quantization", entry["quantization"]]
+            args += ["--quantization", _quantization_argument(entry["quantization"], vllm_version)]
         if entry.get("kv_cache_dtype", "auto") != "auto":
             args += ["--kv-cache-dtype", entry["kv_cache_dtype"]]
         if entry.get("dtype", "auto") != "auto":
@@ -383,11 +391,14 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
             environment["VLLM_CPU_KVCACHE_SPACE"] = str(int(estimate.requested_gib)) if float(
                 estimate.requested_gib).is_integer() else str(estimate.requested_gib)
         else:
+            # CUDA numbers GPUs fastest first unless told otherwise; the plan uses nvidia-smi's (bus) order.
+            environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_set)
 
         result = {
             "name": name, "profile": profile, "aliases": list(entry.get("aliases", [])),
             "port": int(port), "gpus": gpu_set, "tensor_parallel_size": tp,
+            "gpu_devices": [{"index": i, "name": by_index[i].get("name", "")} for i in gpu_set],
             "gpu_memory_utilization": gmu, "max_model_len": settings["max_model_len"],
             "max_num_seqs": settings["max_num_seqs"],
             "max_num_batched_tokens": settings["max_num_batched_tokens"],

@@ -173,7 +173,8 @@ def test_reference_deployment_plan():
     assert plan["free_gpus"] == [3]
     assert [m["port"] for m in plan["models"]] == [8001, 8002]
     coder = by_name["qwen-coder"]
-    assert coder["environment"] == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert coder["environment"] == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert coder["gpu_devices"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}, {"index": 1, "name": "NVIDIA H100 80GB HBM3"}]
     assert "--enable-prefix-caching" in coder["vllm_args"]
     assert coder["vllm_args"][coder["vllm_args"].index("--tensor-parallel-size") + 1] == "2"
     assert any("below 80" in r and "fp8 weights" in r for r in coder["reasons"])
@@ -314,3 +315,12 @@ def test_filter_plugin_exposes_the_planner():
     import planner  # noqa: E402
     filters = planner.FilterModule().filters()
     assert {"appliance_plan", "appliance_vllm_units", "appliance_litellm_backends"} <= set(filters)
+
+
+def test_runtime_fp8_uses_the_name_of_the_pinned_vllm():
+    """vLLM 0.32 calls runtime fp8 `fp8_per_tensor` (`fp8` is a deprecated alias there)."""
+    from llm_appliance.plan.decide import _quantization_argument
+
+    assert _quantization_argument("fp8", "0.32.0") == "fp8_per_tensor"
+    assert _quantization_argument("fp8", "0.31.1") == "fp8"
+    assert _quantization_argument("awq", "0.32.0") == "awq"
