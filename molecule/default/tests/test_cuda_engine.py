@@ -10,10 +10,11 @@ import shlex
 import time
 
 import pytest
+from conftest import CUDA_CHECK_UNITS
 
 CUDA_VENV = "/opt/llm-appliance/venvs/vllm-cuda-0.32.0"
 CHECK_ARGS = "/usr/local/libexec/llm-appliance/llm-appliance-vllm-check-args"
-EXAMPLE_MODELS = ("qwen-coder", "gemma-chat")
+EXAMPLE_MODELS = tuple(unit[len("vllm-"):-len(".service")] for unit in CUDA_CHECK_UNITS)
 ALICE = "sk-demo-alice-0123456789"
 
 
