@@ -99,6 +99,7 @@ demo: venv image artefacts
 	docker inspect appliance >/dev/null 2>&1 || molecule reset --scenario-name default
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule create --scenario-name default
 	ansible-playbook site.yml -i inventory/demo
+	@$(BIN)/python tools/demo-next-steps
 
 demo-destroy: venv
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule destroy --scenario-name default
