@@ -4,6 +4,9 @@
                           --gpu-memory-utilization 0.9 --max-model-len 32768 [--json] ...
     appliance-plan site --site SITE.json [--json]
 
+`memory` prints vLLM's memory split and KV cache for one model, and its single-stream decode
+speed with the assumptions behind it (the plan's own roofline, for --gpu-name's bandwidth).
+
 `site` reads {"models": [catalog entries with config or config_path], "gpus": {...},
 "engine": "cuda", "vllm_version": "0.32.0"} and prints the whole plan.
 A plan that cannot work exits 1 with the reason and what would fit; unreadable input exits 2.
@@ -13,11 +16,18 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
-from llm_appliance.plan.config import parse_config
+from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.decide import plan_site
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import estimate_memory
+from llm_appliance.plan.memory import GIB, estimate_memory, weights_bytes_per_gpu
+from llm_appliance.plan.speed import DECODE_EFFICIENCY, GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, predict_decode
+
+# The appliance's reference GPU (79.19 GiB as CUDA reports it), for the decode prediction.
+DEFAULT_GPU_NAME = "NVIDIA H100 80GB HBM3"
+MEMORY_LINES = ("weights_gib_per_gpu", "activation_peak_gib", "non_torch_gib", "cuda_graph_gib",
+                "available_kv_cache_gib", "kv_cache_tokens", "max_concurrency", "fits", "reason")
 
 
 class UsageError(Exception):
@@ -42,6 +52,8 @@ def _weights_from_index(config_path):
 
 
 def cmd_memory(args):
+    if args.memory_bandwidth_gbps is not None and args.memory_bandwidth_gbps <= 0:
+        raise UsageError("--memory-bandwidth-gbps must be positive, not %s" % args.memory_bandwidth_gbps)
     config = _read_json(args.config, "config")
     shape = parse_config(config, os.path.basename(os.path.dirname(os.path.abspath(args.config))) or "model")
     weights = args.weights_bytes
@@ -56,14 +68,51 @@ def cmd_memory(args):
         max_num_seqs=args.max_num_seqs, weights_bytes=weights, quantization=args.quantization or "",
         kv_cache_dtype=args.kv_cache_dtype, dtype=args.dtype, vllm_version=args.vllm_version,
         block_size=args.block_size, enforce_eager=args.enforce_eager, name=shape.architecture)
+    decode = _decode_prediction(args, shape, weights, estimate.weights_gib_per_gpu)
     result = estimate.as_dict()
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(dict(result, decode=decode), indent=2, sort_keys=True))
     else:
-        for key in ("weights_gib_per_gpu", "activation_peak_gib", "non_torch_gib", "cuda_graph_gib",
-                    "available_kv_cache_gib", "kv_cache_tokens", "max_concurrency", "fits", "reason"):
+        for key in MEMORY_LINES:
             print("%-24s %s" % (key, result[key]))
+        print("\n".join(_decode_lines(decode)))
     return 0 if estimate.fits else 1
+
+
+def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_bytes: Optional[int],
+                       weights_gib_per_gpu: float) -> dict:
+    """The decode speed by the plan's own roofline (speed.predict_decode), and whose bandwidth it used."""
+    source = "--memory-bandwidth-gbps" if args.memory_bandwidth_gbps else args.gpu_name
+    bandwidth = gpu_bandwidth_gbps({"name": args.gpu_name, "memory_bandwidth_gbps": args.memory_bandwidth_gbps})
+    if args.pipeline_parallel_size > 1:
+        # Stages run one after another for one stream: each token reads every stage's weights.
+        weights_gib_per_gpu = round(weights_bytes_per_gpu(shape, weights_bytes, args.tensor_parallel_size, 1,
+                                                          args.quantization or "", args.dtype) / GIB, 3)
+    prediction = predict_decode(shape, weights_gib_per_gpu, args.tensor_parallel_size, bandwidth,
+                                args.quantization or "")
+    return dict(prediction.as_dict(), memory_bandwidth_source=source,
+                pipeline_parallel_size=args.pipeline_parallel_size)
+
+
+def _decode_lines(decode: dict) -> list:
+    """The prediction and each assumption on its own line, in the memory lines' format."""
+    if decode["tokens_per_s"] is None:
+        return ["%-24s n/a: the memory bandwidth of %r is not known; give --memory-bandwidth-gbps"
+                % ("decode_tokens_per_s", decode["memory_bandwidth_source"])]
+    reads = "%.3f GiB of weights per GPU" % decode["weights_gib_per_gpu"]
+    if decode["pipeline_parallel_size"] > 1:
+        reads = "%.3f GiB of weights per tensor-parallel rank, its %d pipeline stages in turn" % (
+            decode["weights_gib_per_gpu"], decode["pipeline_parallel_size"])
+    if decode["active_weight_share"] < 1:
+        reads = "%.0f%% of the %s (MoE: the routed experts only)" % (100 * decode["active_weight_share"], reads)
+    return ["%-24s %s per stream (roofline: each token reads %s)"
+            % ("decode_tokens_per_s", decode["tokens_per_s"], reads),
+            "%-24s %s (%s)" % ("memory_bandwidth_gbps", "%g" % decode["memory_bandwidth_gbps"],
+                               decode["memory_bandwidth_source"]),
+            "%-24s %s of that bandwidth per stream" % ("decode_efficiency", decode["efficiency"]),
+            "%-24s %d (all-reduce costs %.0f%% of a step per extra rank)"
+            % ("tensor_parallel_size", decode["tensor_parallel_size"], 100 * decode["tp_step_overhead"]),
+            "%-24s %s" % ("quantization", decode["quantization"])]
 
 
 def attach_configs(models, base_dir):
@@ -125,30 +174,71 @@ def cmd_site(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="appliance-plan", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    memory = sub.add_parser("memory", help="predict vLLM's memory split and KV cache for one model")
-    memory.add_argument("--config", required=True, help="the model's config.json")
-    memory.add_argument("--weights-bytes", type=int, help="checkpoint size (safetensors total_size)")
-    memory.add_argument("--param-count", type=int, help="parameter count, when the checkpoint size is unknown")
-    memory.add_argument("--quantization", choices=["fp8"], help="runtime quantization")
-    memory.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
-    memory.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    memory.add_argument("--gpu-memory-gib", type=float, required=True, help="total memory as CUDA reports it")
-    memory.add_argument("--tensor-parallel-size", type=int, required=True)
-    memory.add_argument("--pipeline-parallel-size", type=int, default=1)
-    memory.add_argument("--gpu-memory-utilization", type=float, required=True)
-    memory.add_argument("--max-model-len", type=int, required=True)
-    memory.add_argument("--max-num-batched-tokens", type=int)
-    memory.add_argument("--max-num-seqs", type=int)
-    memory.add_argument("--block-size", type=int, default=16)
-    memory.add_argument("--enforce-eager", action="store_true")
-    memory.add_argument("--vllm-version", default="0.32.0")
-    memory.add_argument("--json", action="store_true")
-    memory.set_defaults(func=cmd_memory)
+    _add_memory_command(sub)
     site = sub.add_parser("site", help="plan every model of a site description")
     site.add_argument("--site", required=True, help="JSON: models, gpus, engine, vllm_version")
-    site.add_argument("--json", action="store_true")
+    site.add_argument("--json", action="store_true", help="print the plan as JSON")
     site.set_defaults(func=cmd_site)
     return parser
+
+
+def _add_memory_command(sub: argparse._SubParsersAction) -> None:
+    """`memory`: one model's settings in, vLLM's memory figures and the decode speed out."""
+    memory = sub.add_parser("memory", help="predict vLLM's memory split, KV cache and decode speed for one model",
+                            description="Predict what vLLM reports at start-up for one model on one GPU "
+                                        "(memory split, KV cache tokens, concurrency) and its single-stream "
+                                        "decode speed. Exits 1 when one max-model-len request does not fit.")
+    memory.add_argument("--config", required=True,
+                        help="the model's config.json (a model.safetensors.index.json beside it gives the "
+                             "checkpoint size)")
+    memory.add_argument("--weights-bytes", type=int,
+                        help="checkpoint size (safetensors total_size); default: the index beside --config, "
+                             "else sized from config.json")
+    memory.add_argument("--param-count", type=int, help="parameter count, when the checkpoint size is unknown")
+    memory.add_argument("--quantization", choices=["fp8"],
+                        help="runtime quantization: fp8 linear layers, embedding and LM head kept 16-bit")
+    memory.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+                        help="KV cache data type: fp8 halves the KV page (default: auto, the model's dtype)")
+    memory.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights and activations data type: float32 doubles a 16-bit checkpoint "
+                             "(default: auto, the config's)")
+    memory.add_argument("--gpu-memory-gib", type=float, required=True,
+                        help="total memory of one GPU as CUDA reports it (nvidia-smi memory.total less "
+                             "memory.reserved: 79.19 on an H100 80GB)")
+    memory.add_argument("--tensor-parallel-size", type=int, required=True,
+                        help="GPUs each layer is split across (must divide the attention heads)")
+    memory.add_argument("--pipeline-parallel-size", type=int, default=1,
+                        help="pipeline stages, each holding a share of the layers (default: 1)")
+    memory.add_argument("--gpu-memory-utilization", type=float, required=True,
+                        help="share of the GPU's memory vLLM may use, in (0, 1]")
+    memory.add_argument("--max-model-len", type=int, required=True,
+                        help="longest request (prompt + output) in tokens; one must fit in the KV cache")
+    memory.add_argument("--max-num-batched-tokens", type=int,
+                        help="tokens per scheduler step (default: vLLM's, 8192 on GPUs of 70 GiB or more, "
+                             "else 2048)")
+    memory.add_argument("--max-num-seqs", type=int,
+                        help="requests in one batch (default: vLLM's, 1024 on GPUs of 70 GiB or more, else 256)")
+    memory.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block (default: 16)")
+    memory.add_argument("--enforce-eager", action="store_true",
+                        help="no CUDA graphs: their memory is not deducted from the KV cache")
+    memory.add_argument("--vllm-version", default="0.32.0",
+                        help="the vLLM release whose arithmetic to follow (default: 0.32.0)")
+    memory.add_argument("--json", action="store_true",
+                        help="print JSON: the memory fields and `decode` (tokens_per_s and its assumptions)")
+    _add_decode_options(memory)
+    memory.set_defaults(func=cmd_memory)
+
+
+def _add_decode_options(memory: argparse.ArgumentParser) -> None:
+    """The bandwidth the decode roofline assumes, with a group of its own in --help."""
+    decode = memory.add_argument_group("decode speed", "the plan's roofline: a token reads every active "
+                                                       "weight once, at %d%% of the GPU's memory bandwidth"
+                                       % (DECODE_EFFICIENCY * 100))
+    decode.add_argument("--gpu-name", default=DEFAULT_GPU_NAME,
+                        help="the GPU whose memory bandwidth the prediction uses (default: %%(default)s; "
+                             "known: names containing %s)" % ", ".join(sorted(GPU_BANDWIDTH_GBPS)))
+    decode.add_argument("--memory-bandwidth-gbps", type=float,
+                        help="the GPU's memory bandwidth in GB/s, instead of --gpu-name's")
 
 
 def main(argv=None):

@@ -1,11 +1,15 @@
 """From the site's catalog and its GPUs to a plan: per model the GPUs, tensor-parallel size,
 memory settings, vLLM arguments, the predicted KV capacity and decode speed, and why."""
 import collections
-import math
+from typing import Optional
 
-from llm_appliance.plan.config import parse_config
+from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import GIB, estimate_memory, parse_version, weights_bytes_per_gpu
+from llm_appliance.plan.memory import parse_version
+from llm_appliance.plan.placement import ModelRequest, Placement, Site, place
+from llm_appliance.plan.speed import gpu_bandwidth_gbps, predict_decode, speed_reason
+
+# --- settings per profile ---------------------------------------------------------------------
 
 # What each workload needs. typical_request_tokens x target_concurrency KV tokens must fit.
 PROFILES = {
@@ -20,74 +24,9 @@ PROFILES = {
              "typical_request_tokens": 4096, "target_concurrency": 2, "prefix_caching": False},
 }
 
-# Memory bandwidth (GB/s) of known GPUs, for the decode roofline; the inventory may override it.
-GPU_BANDWIDTH_GBPS = {
-    "H100 80GB HBM3": 3350, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350,
-    "H200": 4800, "GH200": 4000, "B200": 8000, "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935,
-    "A100-SXM4-40GB": 1555, "A100": 1555, "L40S": 864, "L40": 864, "L4": 300, "A10": 600,
-}
-# Share of peak bandwidth a single decode stream achieves (kernels, launch gaps, all-reduce).
-DECODE_EFFICIENCY = 0.6
-# All-reduce cost per extra tensor-parallel rank, as a share of a step.
-TP_STEP_OVERHEAD = 0.08
-# CUDA reports a little less than nvidia-smi's memory.total: the driver's reserved memory.
-DEFAULT_RESERVED_MIB = 470
-MAX_SHARED_FRACTION = 0.95
 
-
-def gpu_total_gib(gpu):
-    if gpu.get("cuda_total_gib"):
-        return float(gpu["cuda_total_gib"])
-    reserved = gpu.get("memory_reserved_mib")
-    reserved = DEFAULT_RESERVED_MIB if reserved is None else reserved
-    return round((int(gpu["memory_total_mib"]) - int(reserved)) / 1024, 2)
-
-
-def gpu_bandwidth_gbps(gpu):
-    if gpu.get("memory_bandwidth_gbps"):
-        return float(gpu["memory_bandwidth_gbps"])
-    name = gpu.get("name", "")
-    for known in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
-        if known in name:
-            return GPU_BANDWIDTH_GBPS[known]
-    return None
-
-
-def decode_tokens_per_s(shape, weights_gib_per_gpu, tensor_parallel_size, bandwidth_gbps):
-    """Single-stream decode speed from memory bandwidth: each token reads every active weight once."""
-    if not bandwidth_gbps:
-        return None
-    active_share = shape.active_params_estimate() / max(shape.params_estimate, 1)
-    bytes_per_token_per_gpu = weights_gib_per_gpu * GIB * active_share
-    seconds = bytes_per_token_per_gpu / (bandwidth_gbps * 1e9 * DECODE_EFFICIENCY)
-    seconds *= 1 + TP_STEP_OVERHEAD * (tensor_parallel_size - 1)
-    return round(1 / seconds, 1)
-
-
-def _valid_tp_sizes(shape, gpu_count):
-    sizes = []
-    size = 1
-    while size <= gpu_count:
-        if (shape.use_mla or shape.heads % size == 0) and shape.vocab % size == 0:
-            sizes.append(size)
-        size *= 2
-    return sizes
-
-
-def _gpu_sets(free, size, nvlink_groups):
-    """Candidate GPU sets of `size` from the free ones, NVLink-connected first, lowest indices first."""
-    candidates = []
-    for group in nvlink_groups:
-        inside = [g for g in sorted(group) if g in free]
-        if len(inside) >= size:
-            candidates.append(inside[:size])
-    ordered = sorted(free)
-    if len(ordered) >= size:
-        candidates.append(ordered[:size])
-    return candidates
-
-
-def _settings(entry, profile, shape):
+def _settings(entry: dict, profile: str, shape: ModelShape) -> dict:
+    """The profile's settings with the catalog's overrides; max_model_len capped by the config."""
     settings = dict(PROFILES[profile])
     for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
                 "typical_request_tokens", "prefix_caching"):
@@ -98,38 +37,24 @@ def _settings(entry, profile, shape):
     return settings
 
 
-def _estimate(shape, entry, settings, gpu, tp, gmu, engine, version, kv_space_gib):
-    return estimate_memory(
-        shape, gpu_memory_gib=gpu_total_gib(gpu) if gpu else 0.0, tensor_parallel_size=tp,
-        gpu_memory_utilization=gmu, max_model_len=settings["max_model_len"],
-        max_num_batched_tokens=settings["max_num_batched_tokens"], max_num_seqs=settings["max_num_seqs"],
-        weights_bytes=entry.get("weights_bytes"), quantization=entry.get("quantization", ""),
-        kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
-        vllm_version=version, block_size=int(entry.get("block_size", 128 if engine == "cpu" else 16)),
-        cpu_kvcache_space_gib=kv_space_gib, name=entry["name"])
+def _request(entry: dict) -> ModelRequest:
+    """A catalog entry with its shape, its settings and the KV tokens its profile's target needs."""
+    shape = parse_config(entry["config"], entry["name"])
+    profile = entry.get("profile", "chat")
+    settings = _settings(entry, profile, shape)
+    return ModelRequest(entry, shape, profile, settings,
+                        settings["typical_request_tokens"] * settings["target_concurrency"])
 
 
-def _suggestions(shape, entry, settings, gpu, tp, gmu, engine, version, free_count):
-    """Settings that would make a refused model fit, each checked with the same arithmetic."""
-    tips = []
-    for bigger in _valid_tp_sizes(shape, free_count):
-        if bigger > tp and _estimate(shape, entry, settings, gpu, bigger, gmu, engine, version, None).fits:
-            tips.append("tensor_parallel_size: %d" % bigger)
-            break
-    est = _estimate(shape, entry, settings, gpu, tp, gmu, engine, version, None)
-    if est.max_model_len_that_fits > 0:
-        tips.append("max_model_len: %d" % est.max_model_len_that_fits)
-    if entry.get("kv_cache_dtype", "auto") == "auto":
-        fp8 = dict(entry, kv_cache_dtype="fp8")
-        if _estimate(shape, fp8, settings, gpu, tp, gmu, engine, version, None).fits:
-            tips.append("kv_cache_dtype: fp8")
-    if not entry.get("quantization") and not shape.checkpoint_quantization:
-        quantized = dict(entry, quantization="fp8")
-        if _estimate(shape, quantized, settings, gpu, tp, gmu, engine, version, None).fits:
-            tips.append("quantization: fp8")
-    tips.append("retire another model (state: absent) to free GPUs")
-    return tips
+def _profile_reason(request: ModelRequest) -> str:
+    """The plan's first line on a model: the settings its profile and the catalog gave it."""
+    settings = request.settings
+    return ("profile %s: max_model_len %d, up to %d sequences, %d tokens per batch"
+            % (request.profile, settings["max_model_len"], settings["max_num_seqs"],
+               settings["max_num_batched_tokens"]))
 
+
+# --- the catalog ------------------------------------------------------------------------------
 
 # Every field a catalog entry may carry; anything else is a typo that would silently be ignored.
 CATALOG_FIELDS = {
@@ -194,36 +119,39 @@ def _ports(models, base_port):
     return ports
 
 
-def _speed_options(shape, entry, tp, gpu_count, bandwidth, target):
-    """What would reach the decode-speed target: fp8 weights and/or more GPUs, each figure from the
-    same roofline; the fewest GPUs first. Says so when nothing on this host would."""
-    quantizations = [entry.get("quantization", "")]
-    if not entry.get("quantization") and not shape.checkpoint_quantization:
-        quantizations.append("fp8")
-    options = []
-    for size in _valid_tp_sizes(shape, gpu_count):
-        if size < tp:
-            continue
-        for quantization in quantizations:
-            if size == tp and quantization == quantizations[0]:
-                continue  # the plan as it stands
-            weights = weights_bytes_per_gpu(shape, entry.get("weights_bytes"), size, 1, quantization,
-                                            entry.get("dtype", "auto")) / GIB
-            speed = decode_tokens_per_s(shape, weights, size, bandwidth)
-            label = " and ".join(part for part in (
-                "fp8 weights" if quantization == "fp8" and not entry.get("quantization") else "",
-                "tensor_parallel_size %d" % size if size != tp else "") if part)
-            options.append((speed >= target, size, quantization != quantizations[0], speed, label))
-    # Fewest GPUs first, then the unquantized option.
-    reaching = sorted((o for o in options if o[0]), key=lambda o: (o[1], o[2]))
-    if reaching:
-        return "would reach it: " + ", or ".join("%s (~%.0f tokens/s)" % (o[4], o[3]) for o in reaching[:3])
-    if not options:
-        return "nothing on this host would reach it"
-    best = max(options, key=lambda o: o[3])
-    return "nothing with up to %d of these GPUs reaches it; the fastest is %s (~%.0f tokens/s)" % (
-        gpu_count, best[4], best[3])
+def _check_present(present: list) -> None:
+    """Refuse, before anything is placed, a present model with an unknown profile or no config.json."""
+    for model in present:
+        if model.get("profile", "chat") not in PROFILES:
+            raise PlanError("model %s: profile %r is not one of %s" % (model["name"], model.get("profile"),
+                                                                      ", ".join(sorted(PROFILES))))
+        if not isinstance(model.get("config"), dict):
+            raise PlanError("model %s: its config.json was not read (check config_path or the model store)"
+                            % model.get("name"))
 
+
+def _placement_order(present: list) -> list:
+    """Larger models first: they are the hardest to place. Shared models follow their partner."""
+    return sorted(present, key=lambda m: (bool(m.get("share_gpus_with")),
+                                          -(m.get("weights_bytes") or
+                                            parse_config(m["config"], m["name"]).params_estimate)))
+
+
+# --- decode speed -----------------------------------------------------------------------------
+
+def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
+                   target: float) -> tuple:
+    """Tokens/s per stream on the placed GPUs (None on the CPU engine or an unknown GPU), and the
+    plan's line on it: meets the target, or what would reach it."""
+    if not placement.gpus:
+        return None, None
+    bandwidth = gpu_bandwidth_gbps(site.by_index[placement.gpus[0]])
+    prediction = predict_decode(request.shape, placement.estimate.weights_gib_per_gpu,
+                                placement.tensor_parallel_size, bandwidth, request.entry.get("quantization", ""))
+    return prediction.tokens_per_s, speed_reason(prediction, request.shape, request.entry, len(site.by_index), target)
+
+
+# --- rendering: vLLM's arguments and environment ----------------------------------------------
 
 def _quantization_argument(quantization, vllm_version):
     """The catalog's quantization as this vLLM names it: from 0.32 (model_executor/model_loader/
@@ -231,6 +159,75 @@ def _quantization_argument(quantization, vllm_version):
     if quantization == "fp8" and parse_version(vllm_version) >= (0, 32):
         return "fp8_per_tensor"
     return quantization
+
+
+def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_version: str) -> list:
+    """`vllm serve` arguments for the decision, so the unit starts with what the plan computed."""
+    settings, entry = request.settings, request.entry
+    args = ["--max-model-len", str(settings["max_model_len"]),
+            "--max-num-seqs", str(settings["max_num_seqs"]),
+            "--max-num-batched-tokens", str(settings["max_num_batched_tokens"])]
+    if engine != "cpu":
+        args += ["--tensor-parallel-size", str(placement.tensor_parallel_size),
+                 "--gpu-memory-utilization", "%.2f" % placement.gpu_memory_utilization]
+    if entry.get("quantization"):
+        args += ["--quantization", _quantization_argument(entry["quantization"], vllm_version)]
+    if entry.get("kv_cache_dtype", "auto") != "auto":
+        args += ["--kv-cache-dtype", entry["kv_cache_dtype"]]
+    if entry.get("dtype", "auto") != "auto":
+        args += ["--dtype", entry["dtype"]]
+    args.append("--enable-prefix-caching" if settings["prefix_caching"] else "--no-enable-prefix-caching")
+    if entry.get("tool_call_parser"):
+        # Clients that send OpenAI tool definitions (IDE agents, the chat's native tools) get
+        # HTTP 400 from vLLM unless the model's own tool-call format is parsed.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", str(entry["tool_call_parser"])]
+    args += [str(a) for a in entry.get("extra_args", [])]
+    return args
+
+
+def vllm_environment(placement: Placement, engine: str) -> dict:
+    """The engine's environment: its KV space on the CPU, its GPUs by bus order on CUDA."""
+    environment = {}
+    if engine == "cpu":
+        estimate = placement.estimate
+        environment["VLLM_CPU_KVCACHE_SPACE"] = str(int(estimate.requested_gib)) if float(
+            estimate.requested_gib).is_integer() else str(estimate.requested_gib)
+    else:
+        # CUDA numbers GPUs fastest first unless told otherwise; the plan uses nvidia-smi's (bus) order.
+        environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
+    return environment
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: int,
+                 speed: Optional[float], reasons: list) -> dict:
+    """One model's entry of the plan: what the roles, the gateway and the operator read."""
+    args = vllm_args(request, placement, site.engine, site.vllm_version)
+    environment = vllm_environment(placement, site.engine)
+    settings, entry, estimate, gpu_set = request.settings, request.entry, placement.estimate, placement.gpus
+    return {
+        "name": request.name, "profile": request.profile, "aliases": list(entry.get("aliases", [])),
+        "port": int(port), "gpus": gpu_set, "tensor_parallel_size": placement.tensor_parallel_size,
+        "gpu_devices": [{"index": i, "name": site.by_index[i].get("name", "")} for i in gpu_set],
+        "gpu_memory_utilization": placement.gpu_memory_utilization, "max_model_len": settings["max_model_len"],
+        "max_num_seqs": settings["max_num_seqs"],
+        "max_num_batched_tokens": settings["max_num_batched_tokens"],
+        "enable_prefix_caching": bool(settings["prefix_caching"]),
+        "memory": estimate.as_dict(), "kv_cache_tokens": estimate.kv_cache_tokens,
+        "max_concurrency": estimate.max_concurrency, "predicted_tokens_per_s": speed,
+        "vllm_args": args, "environment": environment, "reasons": reasons,
+    }
+
+
+def _site(gpus: Optional[dict], engine: str, vllm_version: str, gpu_memory_utilization: float,
+          cpu_kvcache_space_gib: float) -> Site:
+    gpu_list = sorted((gpus or {}).get("gpus", []), key=lambda g: g["index"])
+    by_index = {g["index"]: g for g in gpu_list}
+    return Site(engine=engine, vllm_version=vllm_version, by_index=by_index,
+                nvlink_groups=(gpus or {}).get("nvlink_groups", []), free=set(by_index),
+                gpu_memory_utilization=gpu_memory_utilization, cpu_kvcache_space_gib=cpu_kvcache_space_gib)
 
 
 def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_port=8001,
@@ -246,170 +243,18 @@ def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_p
     """
     check_catalog(models)
     present = [m for m in models if m.get("state", "present") == "present"]
-    for model in present:
-        if model.get("profile", "chat") not in PROFILES:
-            raise PlanError("model %s: profile %r is not one of %s" % (model["name"], model.get("profile"),
-                                                                      ", ".join(sorted(PROFILES))))
-        if not isinstance(model.get("config"), dict):
-            raise PlanError("model %s: its config.json was not read (check config_path or the model store)"
-                            % model.get("name"))
-
-    gpu_list = sorted((gpus or {}).get("gpus", []), key=lambda g: g["index"])
-    by_index = {g["index"]: g for g in gpu_list}
-    nvlink_groups = (gpus or {}).get("nvlink_groups", [])
-    free = set(by_index)
+    _check_present(present)
+    site = _site(gpus, engine, vllm_version, gpu_memory_utilization, cpu_kvcache_space_gib)
     ports = _ports(models, base_port)
-    placed = {}
-    plan = {"engine": engine, "vllm_version": vllm_version, "models": []}
-
-    # Larger models first: they are the hardest to place. Shared models follow their partner.
-    order = sorted(present, key=lambda m: (bool(m.get("share_gpus_with")),
-                                         -(m.get("weights_bytes") or parse_config(m["config"], m["name"]).params_estimate)))
-    for entry in order:
-        name = entry["name"]
-        shape = parse_config(entry["config"], name)
-        profile = entry.get("profile", "chat")
-        settings = _settings(entry, profile, shape)
-        reasons = ["profile %s: max_model_len %d, up to %d sequences, %d tokens per batch"
-                   % (profile, settings["max_model_len"], settings["max_num_seqs"], settings["max_num_batched_tokens"])]
-        needed_tokens = settings["typical_request_tokens"] * settings["target_concurrency"]
-
-        if engine == "cpu":
-            tp, gpu_set, gmu = 1, [], None
-            estimate = _estimate(shape, entry, settings, None, 1, 1.0, engine, vllm_version,
-                                 float(entry.get("cpu_kvcache_space_gib", cpu_kvcache_space_gib)))
-            if not estimate.fits:
-                raise PlanError("%s. Raise cpu_kvcache_space_gib or lower max_model_len (at most %d fits)."
-                                % (estimate.reason, estimate.max_model_len_that_fits))
-            reasons.append("CPU engine: %s GiB KV cache space" % estimate.requested_gib)
-        elif entry.get("share_gpus_with"):
-            partner = placed.get(entry["share_gpus_with"])
-            if not partner:
-                raise PlanError("model %s: share_gpus_with names %s, which is not a present model of the catalog"
-                                % (name, entry["share_gpus_with"]))
-            gpu_set, tp = partner["gpus"], partner["tensor_parallel_size"]
-            gmu = float(entry.get("gpu_memory_utilization", 0.45))
-            if partner["gpu_memory_utilization"] + gmu > MAX_SHARED_FRACTION + 1e-9:
-                raise PlanError("models %s and %s share GPUs %s with gpu_memory_utilization %.2f + %.2f > %.2f: "
-                                "lower one of them" % (partner["name"], name, gpu_set,
-                                                       partner["gpu_memory_utilization"], gmu, MAX_SHARED_FRACTION))
-            estimate = _estimate(shape, entry, settings, by_index[gpu_set[0]], tp, gmu, engine, vllm_version, None)
-            if not estimate.fits:
-                raise PlanError("%s on its share (%.2f) of GPUs %s. Give it more of them, or its own GPUs."
-                                % (estimate.reason, gmu, gpu_set))
-            reasons.append("shares GPUs %s with %s (%.2f + %.2f of their memory)"
-                           % (gpu_set, partner["name"], partner["gpu_memory_utilization"], gmu))
-        else:
-            gmu = float(entry.get("gpu_memory_utilization", gpu_memory_utilization))
-            if not free:
-                raise PlanError("model %s: no GPU is left (%d in all, every one taken by %s). Retire a model "
-                                "(state: absent), share GPUs (share_gpus_with) or add a GPU host."
-                                % (name, len(by_index), ", ".join(p["name"] for p in plan["models"]) or "nothing"))
-            sizes = _valid_tp_sizes(shape, len(free))
-            if entry.get("tensor_parallel_size"):
-                sizes = [int(entry["tensor_parallel_size"])]
-                if sizes[0] > len(free):
-                    raise PlanError("model %s: tensor_parallel_size %d asks for more GPUs than the %d left free"
-                                    % (name, sizes[0], len(free)))
-            if not sizes:
-                raise PlanError("model %s: no tensor-parallel size up to %d divides its %d heads and %d vocabulary"
-                                % (name, len(free), shape.heads, shape.vocab))
-            choice = first_fit = None
-            for tp in sizes:
-                gpu_set = _gpu_sets(free, tp, nvlink_groups)[0]
-                estimate = _estimate(shape, entry, settings, by_index[gpu_set[0]], tp, gmu, engine, vllm_version, None)
-                if not estimate.fits:
-                    continue
-                first_fit = first_fit or (tp, gpu_set, estimate)
-                if estimate.kv_cache_tokens >= needed_tokens:
-                    choice = (tp, gpu_set, estimate)
-                    break
-            if choice is None and first_fit:
-                choice = first_fit
-                reasons.append("target of %d concurrent %d-token requests (%d KV tokens) not reachable on the free "
-                               "GPUs; planned for %d tokens" % (settings["target_concurrency"],
-                                                                settings["typical_request_tokens"], needed_tokens,
-                                                                choice[2].kv_cache_tokens))
-            if choice is None:
-                tp = sizes[0]
-                gpu = by_index[sorted(free)[0]]
-                estimate = _estimate(shape, entry, settings, gpu, tp, gmu, engine, vllm_version, None)
-                tips = _suggestions(shape, entry, settings, gpu, tp, gmu, engine, vllm_version, len(free))
-                raise PlanError("%s (on %s, %.2f GiB each, %d of %d GPUs free). Settings that would fit: %s."
-                                % (estimate.reason, gpu.get("name", "GPU"), gpu_total_gib(gpu), len(free),
-                                   len(by_index), "; ".join(tips)))
-            tp, gpu_set, estimate = choice
-            if entry.get("tensor_parallel_size"):
-                reasons.append("tensor_parallel_size %d: set in the catalog; holds %d KV tokens (needed %d)"
-                               % (tp, estimate.kv_cache_tokens, needed_tokens))
-            else:
-                reasons.append("tensor_parallel_size %d: the smallest that divides %d heads and %d vocabulary and "
-                               "holds %d KV tokens (needed %d)" % (tp, shape.heads, shape.vocab,
-                                                                   estimate.kv_cache_tokens, needed_tokens))
-            in_group = any(set(gpu_set) <= set(group) for group in nvlink_groups)
-            if tp > 1:
-                reasons.append("GPUs %s %s" % (gpu_set, "share an NVLink group" if in_group else
-                                                "do not share an NVLink group: all-reduce crosses PCIe"))
-            free -= set(gpu_set)
-
-        port = ports[name]
-        speed = None
-        speed_note = None
-        if gpu_set:
-            bandwidth = gpu_bandwidth_gbps(by_index[gpu_set[0]])
-            speed = decode_tokens_per_s(shape, estimate.weights_gib_per_gpu, tp, bandwidth)
-            if speed is not None:
-                if speed >= speed_target_tokens_per_s:
-                    speed_note = "predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): meets %d" % (
-                        speed, DECODE_EFFICIENCY * 100, bandwidth, speed_target_tokens_per_s)
-                else:
-                    speed_note = ("predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): below %d; %s"
-                                  % (speed, DECODE_EFFICIENCY * 100, bandwidth, speed_target_tokens_per_s,
-                                     _speed_options(shape, entry, tp, len(by_index), bandwidth,
-                                                    speed_target_tokens_per_s)))
-                reasons.append(speed_note)
-
-        args = ["--max-model-len", str(settings["max_model_len"]),
-                "--max-num-seqs", str(settings["max_num_seqs"]),
-                "--max-num-batched-tokens", str(settings["max_num_batched_tokens"])]
-        if engine != "cpu":
-            args += ["--tensor-parallel-size", str(tp), "--gpu-memory-utilization", "%.2f" % gmu]
-        if entry.get("quantization"):
-            args += ["--quantization", _quantization_argument(entry["quantization"], vllm_version)]
-        if entry.get("kv_cache_dtype", "auto") != "auto":
-            args += ["--kv-cache-dtype", entry["kv_cache_dtype"]]
-        if entry.get("dtype", "auto") != "auto":
-            args += ["--dtype", entry["dtype"]]
-        args.append("--enable-prefix-caching" if settings["prefix_caching"] else "--no-enable-prefix-caching")
-        if entry.get("tool_call_parser"):
-            # Clients that send OpenAI tool definitions (IDE agents, the chat's native tools) get
-            # HTTP 400 from vLLM unless the model's own tool-call format is parsed.
-            args += ["--enable-auto-tool-choice", "--tool-call-parser", str(entry["tool_call_parser"])]
-        args += [str(a) for a in entry.get("extra_args", [])]
-        environment = {}
-        if engine == "cpu":
-            environment["VLLM_CPU_KVCACHE_SPACE"] = str(int(estimate.requested_gib)) if float(
-                estimate.requested_gib).is_integer() else str(estimate.requested_gib)
-        else:
-            # CUDA numbers GPUs fastest first unless told otherwise; the plan uses nvidia-smi's (bus) order.
-            environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_set)
-
-        result = {
-            "name": name, "profile": profile, "aliases": list(entry.get("aliases", [])),
-            "port": int(port), "gpus": gpu_set, "tensor_parallel_size": tp,
-            "gpu_devices": [{"index": i, "name": by_index[i].get("name", "")} for i in gpu_set],
-            "gpu_memory_utilization": gmu, "max_model_len": settings["max_model_len"],
-            "max_num_seqs": settings["max_num_seqs"],
-            "max_num_batched_tokens": settings["max_num_batched_tokens"],
-            "enable_prefix_caching": bool(settings["prefix_caching"]),
-            "memory": estimate.as_dict(), "kv_cache_tokens": estimate.kv_cache_tokens,
-            "max_concurrency": estimate.max_concurrency, "predicted_tokens_per_s": speed,
-            "vllm_args": args, "environment": environment, "reasons": reasons,
-        }
-        placed[name] = result
-        plan["models"].append(result)
-
-    plan["models"].sort(key=lambda m: [e["name"] for e in present].index(m["name"]))
-    plan["free_gpus"] = sorted(free) if engine != "cpu" else []
-    return plan
+    records = []
+    for entry in _placement_order(present):
+        request = _request(entry)
+        reasons = [_profile_reason(request)]
+        placement = place(request, site)
+        speed, speed_note = _predict_speed(request, placement, site, speed_target_tokens_per_s)
+        reasons += placement.reasons + ([speed_note] if speed_note is not None else [])
+        records.append(_plan_record(request, placement, site, ports[request.name], speed, reasons))
+    names = [e["name"] for e in present]
+    return {"engine": engine, "vllm_version": vllm_version,
+            "models": sorted(records, key=lambda m: names.index(m["name"])),
+            "free_gpus": sorted(site.free) if engine != "cpu" else []}

@@ -1,0 +1,243 @@
+"""Where each model runs: its GPUs, tensor-parallel size and memory fraction, chosen by the memory
+estimate of each candidate. NVLink groups come first; GPUs are shared only when the catalog says so."""
+from dataclasses import dataclass, field
+from typing import NoReturn, Optional
+
+from llm_appliance.plan.config import ModelShape
+from llm_appliance.plan.errors import PlanError
+from llm_appliance.plan.memory import MemoryEstimate, estimate_memory
+
+# CUDA reports a little less than nvidia-smi's memory.total: the driver's reserved memory.
+DEFAULT_RESERVED_MIB = 470
+MAX_SHARED_FRACTION = 0.95
+
+
+def gpu_total_gib(gpu: dict) -> float:
+    if gpu.get("cuda_total_gib"):
+        return float(gpu["cuda_total_gib"])
+    reserved = gpu.get("memory_reserved_mib")
+    reserved = DEFAULT_RESERVED_MIB if reserved is None else reserved
+    return round((int(gpu["memory_total_mib"]) - int(reserved)) / 1024, 2)
+
+
+def valid_tp_sizes(shape: ModelShape, gpu_count: int) -> list:
+    """Powers of two up to gpu_count that split the heads (MLA: any) and the vocabulary evenly."""
+    sizes = []
+    size = 1
+    while size <= gpu_count:
+        if (shape.use_mla or shape.heads % size == 0) and shape.vocab % size == 0:
+            sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def _gpu_sets(free: set, size: int, nvlink_groups: list) -> list:
+    """Candidate GPU sets of `size` from the free ones, NVLink-connected first, lowest indices first."""
+    candidates = []
+    for group in nvlink_groups:
+        inside = [g for g in sorted(group) if g in free]
+        if len(inside) >= size:
+            candidates.append(inside[:size])
+    ordered = sorted(free)
+    if len(ordered) >= size:
+        candidates.append(ordered[:size])
+    return candidates
+
+
+@dataclass
+class ModelRequest:
+    """One catalog entry as placement, speed and rendering all read it: its shape and settings."""
+    entry: dict
+    shape: ModelShape
+    profile: str
+    settings: dict
+    needed_tokens: int
+
+    @property
+    def name(self) -> str:
+        return self.entry["name"]
+
+
+@dataclass
+class Site:
+    """The GPUs while models are placed one after another: which are free, who holds the others."""
+    engine: str
+    vllm_version: str
+    by_index: dict
+    nvlink_groups: list
+    free: set
+    gpu_memory_utilization: float
+    cpu_kvcache_space_gib: float
+    placed: dict = field(default_factory=dict)   # model name -> Placement, in placement order
+
+
+@dataclass
+class Placement:
+    """One model's placement decision; the speed prediction and the rendering are made from it."""
+    gpus: list
+    tensor_parallel_size: int
+    gpu_memory_utilization: Optional[float]   # None on the CPU engine
+    estimate: MemoryEstimate
+    reasons: list
+
+
+def estimate_candidate(request: ModelRequest, site: Site, gpu: Optional[dict], tp: int, gmu: float,
+                       entry: Optional[dict] = None, kv_space_gib: Optional[float] = None) -> MemoryEstimate:
+    """vLLM's memory split for one candidate (GPU kind, TP size, memory fraction); `entry` replaces
+    the catalog entry to try another setting, kv_space_gib is the CPU engine's KV space."""
+    entry = request.entry if entry is None else entry
+    settings = request.settings
+    return estimate_memory(
+        request.shape, gpu_memory_gib=gpu_total_gib(gpu) if gpu else 0.0, tensor_parallel_size=tp,
+        gpu_memory_utilization=gmu, max_model_len=settings["max_model_len"],
+        max_num_batched_tokens=settings["max_num_batched_tokens"], max_num_seqs=settings["max_num_seqs"],
+        weights_bytes=entry.get("weights_bytes"), quantization=entry.get("quantization", ""),
+        kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
+        vllm_version=site.vllm_version,
+        block_size=int(entry.get("block_size", 128 if site.engine == "cpu" else 16)),
+        cpu_kvcache_space_gib=kv_space_gib, name=entry["name"])
+
+
+def suggestions(request: ModelRequest, site: Site, gpu: dict, tp: int, gmu: float) -> list:
+    """Settings that would make a refused model fit, each checked with the same arithmetic."""
+    shape, entry = request.shape, request.entry
+    tips = []
+    for bigger in valid_tp_sizes(shape, len(site.free)):
+        if bigger > tp and estimate_candidate(request, site, gpu, bigger, gmu).fits:
+            tips.append("tensor_parallel_size: %d" % bigger)
+            break
+    est = estimate_candidate(request, site, gpu, tp, gmu)
+    if est.max_model_len_that_fits > 0:
+        tips.append("max_model_len: %d" % est.max_model_len_that_fits)
+    if entry.get("kv_cache_dtype", "auto") == "auto":
+        if estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, kv_cache_dtype="fp8")).fits:
+            tips.append("kv_cache_dtype: fp8")
+    if not entry.get("quantization") and not shape.checkpoint_quantization:
+        if estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, quantization="fp8")).fits:
+            tips.append("quantization: fp8")
+    tips.append("retire another model (state: absent) to free GPUs")
+    return tips
+
+
+def place_on_cpu(request: ModelRequest, site: Site) -> Placement:
+    """The CPU engine: no GPUs, the KV cache in VLLM_CPU_KVCACHE_SPACE."""
+    kv_space = float(request.entry.get("cpu_kvcache_space_gib", site.cpu_kvcache_space_gib))
+    estimate = estimate_candidate(request, site, None, 1, 1.0, kv_space_gib=kv_space)
+    if not estimate.fits:
+        raise PlanError("%s. Raise cpu_kvcache_space_gib or lower max_model_len (at most %d fits)."
+                        % (estimate.reason, estimate.max_model_len_that_fits))
+    return Placement([], 1, None, estimate, ["CPU engine: %s GiB KV cache space" % estimate.requested_gib])
+
+
+def place_shared(request: ModelRequest, site: Site) -> Placement:
+    """On the GPUs of the model named by share_gpus_with, the two fractions within MAX_SHARED_FRACTION."""
+    name, entry, partner_name = request.name, request.entry, request.entry["share_gpus_with"]
+    partner = site.placed.get(partner_name)
+    if not partner:
+        raise PlanError("model %s: share_gpus_with names %s, which is not a present model of the catalog"
+                        % (name, partner_name))
+    gpu_set, tp = partner.gpus, partner.tensor_parallel_size
+    gmu = float(entry.get("gpu_memory_utilization", 0.45))
+    if partner.gpu_memory_utilization + gmu > MAX_SHARED_FRACTION + 1e-9:
+        raise PlanError("models %s and %s share GPUs %s with gpu_memory_utilization %.2f + %.2f > %.2f: "
+                        "lower one of them" % (partner_name, name, gpu_set,
+                                               partner.gpu_memory_utilization, gmu, MAX_SHARED_FRACTION))
+    estimate = estimate_candidate(request, site, site.by_index[gpu_set[0]], tp, gmu)
+    if not estimate.fits:
+        raise PlanError("%s on its share (%.2f) of GPUs %s. Give it more of them, or its own GPUs."
+                        % (estimate.reason, gmu, gpu_set))
+    return Placement(gpu_set, tp, gmu, estimate, ["shares GPUs %s with %s (%.2f + %.2f of their memory)"
+                                                  % (gpu_set, partner_name, partner.gpu_memory_utilization, gmu)])
+
+
+def _tp_sizes_to_try(request: ModelRequest, site: Site) -> list:
+    """The catalog's tensor_parallel_size, else every valid one up to the free GPUs, smallest first."""
+    name, shape, entry = request.name, request.shape, request.entry
+    if not site.free:
+        raise PlanError("model %s: no GPU is left (%d in all, every one taken by %s). Retire a model "
+                        "(state: absent), share GPUs (share_gpus_with) or add a GPU host."
+                        % (name, len(site.by_index), ", ".join(site.placed) or "nothing"))
+    sizes = valid_tp_sizes(shape, len(site.free))
+    if entry.get("tensor_parallel_size"):
+        sizes = [int(entry["tensor_parallel_size"])]
+        if sizes[0] > len(site.free):
+            raise PlanError("model %s: tensor_parallel_size %d asks for more GPUs than the %d left free"
+                            % (name, sizes[0], len(site.free)))
+    if not sizes:
+        raise PlanError("model %s: no tensor-parallel size up to %d divides its %d heads and %d vocabulary"
+                        % (name, len(site.free), shape.heads, shape.vocab))
+    return sizes
+
+
+def _first_fit(request: ModelRequest, site: Site, sizes: list, gmu: float) -> tuple:
+    """(tp, GPUs, estimate) of the smallest size that holds the target, else of the smallest that
+    fits at all, else None; and whether the target was reached."""
+    first_fit = None
+    for tp in sizes:
+        gpu_set = _gpu_sets(site.free, tp, site.nvlink_groups)[0]
+        estimate = estimate_candidate(request, site, site.by_index[gpu_set[0]], tp, gmu)
+        if not estimate.fits:
+            continue
+        first_fit = first_fit or (tp, gpu_set, estimate)
+        if estimate.kv_cache_tokens >= request.needed_tokens:
+            return (tp, gpu_set, estimate), True
+    return first_fit, False
+
+
+def _refuse(request: ModelRequest, site: Site, tp: int, gmu: float) -> NoReturn:
+    """Nothing fits on the free GPUs: say what the model needs and which settings would fit."""
+    gpu = site.by_index[sorted(site.free)[0]]
+    estimate = estimate_candidate(request, site, gpu, tp, gmu)
+    tips = suggestions(request, site, gpu, tp, gmu)
+    raise PlanError("%s (on %s, %.2f GiB each, %d of %d GPUs free). Settings that would fit: %s."
+                    % (estimate.reason, gpu.get("name", "GPU"), gpu_total_gib(gpu), len(site.free),
+                       len(site.by_index), "; ".join(tips)))
+
+
+def _tp_reasons(request: ModelRequest, site: Site, tp: int, gpu_set: list, estimate: MemoryEstimate) -> list:
+    """Why this tensor-parallel size, and whether its GPUs talk over NVLink."""
+    shape, needed = request.shape, request.needed_tokens
+    if request.entry.get("tensor_parallel_size"):
+        reasons = ["tensor_parallel_size %d: set in the catalog; holds %d KV tokens (needed %d)"
+                   % (tp, estimate.kv_cache_tokens, needed)]
+    else:
+        reasons = ["tensor_parallel_size %d: the smallest that divides %d heads and %d vocabulary and "
+                   "holds %d KV tokens (needed %d)" % (tp, shape.heads, shape.vocab, estimate.kv_cache_tokens,
+                                                       needed)]
+    in_group = any(set(gpu_set) <= set(group) for group in site.nvlink_groups)
+    if tp > 1:
+        reasons.append("GPUs %s %s" % (gpu_set, "share an NVLink group" if in_group else
+                                        "do not share an NVLink group: all-reduce crosses PCIe"))
+    return reasons
+
+
+def place_on_free_gpus(request: ModelRequest, site: Site) -> Placement:
+    """The smallest TP size whose KV cache holds the profile's target, on free GPUs; takes them."""
+    gmu = float(request.entry.get("gpu_memory_utilization", site.gpu_memory_utilization))
+    sizes = _tp_sizes_to_try(request, site)
+    choice, reached = _first_fit(request, site, sizes, gmu)
+    if choice is None:
+        _refuse(request, site, sizes[0], gmu)
+    tp, gpu_set, estimate = choice
+    reasons = []
+    if not reached:
+        settings = request.settings
+        reasons.append("target of %d concurrent %d-token requests (%d KV tokens) not reachable on the free "
+                       "GPUs; planned for %d tokens" % (settings["target_concurrency"],
+                                                        settings["typical_request_tokens"], request.needed_tokens,
+                                                        estimate.kv_cache_tokens))
+    reasons += _tp_reasons(request, site, tp, gpu_set, estimate)
+    site.free -= set(gpu_set)
+    return Placement(gpu_set, tp, gmu, estimate, reasons)
+
+
+def place(request: ModelRequest, site: Site) -> Placement:
+    """Place one model (CPU engine, shared GPUs or free GPUs) and record it on the site."""
+    if site.engine == "cpu":
+        placement = place_on_cpu(request, site)
+    elif request.entry.get("share_gpus_with"):
+        placement = place_shared(request, site)
+    else:
+        placement = place_on_free_gpus(request, site)
+    site.placed[request.name] = placement
+    return placement
