@@ -23,9 +23,12 @@ MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
 
-$(BIN)/.installed: requirements/controller.txt
+$(BIN)/.installed: requirements/controller.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/controller.txt
+	@# The appliance's own package, editable: its commands (appliance-plan, appliance-report,
+	@# appliance-mint-key) and the import path of the filter plugins and tests.
+	$(BIN)/pip install --quiet --no-deps --no-index --no-build-isolation --editable .
 	touch $@
 
 venv: $(BIN)/.installed  ## controller toolchain, pinned with hashes
@@ -84,6 +87,8 @@ artefacts-cuda: $(CUDA_WHEELHOUSE)
 lint: venv
 	yamllint --strict .
 	ansible-lint --offline
+	ruff check .
+	mypy
 
 unit: venv
 	pytest

@@ -38,7 +38,7 @@ async def one(client, url, key, model, max_tokens, timeout):
                                      json={"model": model, "prompt": "Hello", "max_tokens": max_tokens},
                                      timeout=timeout)
         status = response.status_code
-    except (httpx.HTTPError, asyncio.TimeoutError) as err:
+    except (TimeoutError, httpx.HTTPError) as err:
         status = type(err).__name__
     return status, (time.perf_counter() - start) * 1000.0
 
@@ -108,7 +108,8 @@ def main() -> int:
             if lost:
                 kinds["unanswered by the deadline"] = lost
             if kinds:
-                print(f"{'':>6} {name} errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items())))
+                print(f"{'':>6} {name} errors: "
+                      + ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items())))
         sys.stdout.flush()
     return 0
 

@@ -12,11 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from llm_appliance.plan import estimate_memory, parse_config
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_appliance.plan import estimate_memory, parse_config  # noqa: E402
-
 REFERENCE = REPO.parent / "shared" / "reference"
 
 
@@ -29,7 +27,8 @@ def main(argv=None):
     configs = json.loads(Path(args.configs).read_text())
 
     header = "%-4s %-30s %-7s %-5s %8s %8s %6s %8s %8s %6s %10s %10s" % (
-        "id", "model", "vllm", "tp/pp", "w real", "w pred", "w err", "kv real", "kv pred", "kv err", "tok real", "tok pred")
+        "id", "model", "vllm", "tp/pp", "w real", "w pred", "w err", "kv real", "kv pred", "kv err",
+        "tok real", "tok pred")
     print(header)
     print("-" * len(header))
     weight_errors, kv_errors, over = [], [], []

@@ -11,17 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
+from llm_appliance.usage_report.render import write_report
+from llm_appliance.usage_report.report import build_report
+from llm_appliance.usage_report.synthetic import load
+from tests.report.pgcluster import throwaway_cluster
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "report"))
-
-import psycopg  # noqa: E402
-from pgcluster import throwaway_cluster  # noqa: E402
-
-from llm_appliance.usage_report.render import write_report  # noqa: E402
-from llm_appliance.usage_report.report import build_report  # noqa: E402
-from llm_appliance.usage_report.synthetic import load  # noqa: E402
-
 SCHEMA = (REPO / "llm_appliance/usage_report/schema.sql").read_text()
 
 

@@ -1,12 +1,8 @@
 """Ansible adapters over llm_appliance.gpu_facts (runs on the controller)."""
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible.errors import AnsibleFilterError
 
-from ansible.errors import AnsibleFilterError  # noqa: E402
-
-from llm_appliance.gpu_facts import gpu_facts, pci_inventory  # noqa: E402
+from llm_appliance.gpu_facts import gpu_facts, pci_inventory
 
 
 def nvidia_gpu_facts(query_text, topo_text="", nvswitch_count=0):

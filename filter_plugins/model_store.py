@@ -1,15 +1,13 @@
 """Ansible adapters over llm_appliance.model_dir and model_manifest (controller side)."""
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible.errors import AnsibleFilterError
 
-from ansible.errors import AnsibleFilterError  # noqa: E402
+from llm_appliance.model_dir import ModelDirError, inspect_model_dir
+from llm_appliance.model_manifest import make_manifest
 
-from llm_appliance.model_dir import ModelDirError, inspect_model_dir  # noqa: E402
-from llm_appliance.model_manifest import make_manifest  # noqa: E402
-
-CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "llm-appliance", "model-sha256")
+CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "llm-appliance", "model-sha256")
 
 
 def appliance_model_dir(path, model_name="model"):

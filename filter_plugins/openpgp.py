@@ -1,12 +1,8 @@
 """Ansible adapter over llm_appliance.openpgp (runs on the controller)."""
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible.errors import AnsibleFilterError
 
-from ansible.errors import AnsibleFilterError  # noqa: E402
-
-from llm_appliance.openpgp import key_fingerprints  # noqa: E402
+from llm_appliance.openpgp import key_fingerprints
 
 
 def openpgp_fingerprints(key):

@@ -1,15 +1,11 @@
 """Ansible adapters over llm_appliance.plan: the site's plan, and what each role takes from it."""
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible.errors import AnsibleFilterError
 
-from ansible.errors import AnsibleFilterError  # noqa: E402
-
-from llm_appliance.plan.cli import UsageError, attach_configs, format_plan  # noqa: E402
-from llm_appliance.plan.decide import plan_site  # noqa: E402
-from llm_appliance.plan.engines import check_engine_driver  # noqa: E402
-from llm_appliance.plan.errors import PlanError  # noqa: E402
+from llm_appliance.plan.cli import UsageError, attach_configs, format_plan
+from llm_appliance.plan.decide import plan_site
+from llm_appliance.plan.engines import check_engine_driver
+from llm_appliance.plan.errors import PlanError
 
 
 def appliance_plan(models, gpus=None, engine="cuda", vllm_version="0.32.0", base_port=8001,

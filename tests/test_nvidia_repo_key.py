@@ -26,7 +26,8 @@ def run_key_play(tmp_path, *args, **extra_vars):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCALHOST_WARNING="False", no_proxy="127.0.0.1", NO_PROXY="127.0.0.1")
     result = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), str(REPO / "tests/nvidia_repo_key.yml"), "-i", "localhost,", "-e", json.dumps(extra), *args],
+        [str(ANSIBLE_PLAYBOOK), str(REPO / "tests/nvidia_repo_key.yml"), "-i", "localhost,",
+         "-e", json.dumps(extra), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     return result, result.stdout + result.stderr
 
@@ -41,8 +42,8 @@ def other_key(tmp_path_factory):
     env = dict(os.environ, GNUPGHOME=home)
     gpg = ["gpg", "--batch", "--no-tty", "--passphrase", "", "--pinentry-mode", "loopback"]
     try:
-        subprocess.run(gpg + ["--quick-gen-key", "Not NVIDIA <not-nvidia@example.invalid>", "default", "default", "never"],
-                       env=env, capture_output=True, check=True, timeout=120)
+        new_key = ["--quick-gen-key", "Not NVIDIA <not-nvidia@example.invalid>", "default", "default", "never"]
+        subprocess.run(gpg + new_key, env=env, capture_output=True, check=True, timeout=120)
         listing = subprocess.run(gpg + ["--with-colons", "--fingerprint"], env=env, capture_output=True, text=True,
                                  check=True, timeout=60).stdout
         fingerprint = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")][0]
@@ -107,7 +108,8 @@ def test_wrong_key_from_the_repository_url_stops_the_run(tmp_path, other_key, ke
     assert "Could not read NVIDIA's repository key from %smissing.pub" % key_server in output
     assert "HTTP Error 404" in output
     assert not (tmp_path / "keyrings").exists()
-    pinned, output = run_key_play(tmp_path, nvidia_driver_repo_key_source=url, nvidia_driver_repo_key_fingerprint=other_key[1])
+    pinned, output = run_key_play(tmp_path, nvidia_driver_repo_key_source=url,
+                                  nvidia_driver_repo_key_fingerprint=other_key[1])
     assert pinned.returncode == 0, output
     assert (tmp_path / "keyrings/nvidia-cuda.asc").read_text() == other_key[0].read_text().strip() + "\n"
 
@@ -121,13 +123,15 @@ def test_pinned_key_is_written(tmp_path, other_key):
     assert check.returncode == 0, output
     assert "-----BEGIN PGP PUBLIC KEY BLOCK-----" in output  # the diff of the file it would write
     assert not (tmp_path / "keyrings").exists()
-    result, output = run_key_play(tmp_path, nvidia_driver_repo_key_file=str(path), nvidia_driver_repo_key_fingerprint=pin)
+    result, output = run_key_play(tmp_path, nvidia_driver_repo_key_file=str(path),
+                                  nvidia_driver_repo_key_fingerprint=pin)
     assert result.returncode == 0, output
     assert "Repository key %s from %s matches the pin." % (fingerprint, path) in output
     keyring = tmp_path / "keyrings/nvidia-cuda.asc"
     assert keyring.read_text() == path.read_text().strip() + "\n"
     assert oct(keyring.stat().st_mode & 0o777) == "0o644"
-    again, output = run_key_play(tmp_path, nvidia_driver_repo_key_file=str(path), nvidia_driver_repo_key_fingerprint=pin)
+    again, output = run_key_play(tmp_path, nvidia_driver_repo_key_file=str(path),
+                                 nvidia_driver_repo_key_fingerprint=pin)
     assert again.returncode == 0 and "changed=0" in output, output
 
 

@@ -53,10 +53,12 @@ def nginx_bin(tmp_path_factory):
     binary = cache / "root" / "usr" / "sbin" / "nginx"
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        download = subprocess.run(["apt-get", "download", "nginx"], cwd=cache, capture_output=True, text=True, check=False)
+        download = subprocess.run(["apt-get", "download", "nginx"], cwd=cache, capture_output=True, text=True,
+                                  check=False)
         debs = list(cache.glob("nginx_*.deb"))
         if download.returncode != 0 or not debs:
-            pytest.skip("no nginx binary (set NGINX_BIN, or let apt-get download nginx work): " + download.stderr[-300:])
+            pytest.skip("no nginx binary (set NGINX_BIN, or let apt-get download nginx work): "
+                        + download.stderr[-300:])
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(cache / "root")], check=True)
     return str(binary)
 
@@ -79,7 +81,7 @@ def make_cert(key, path, names=(CHAT_NAME, API_NAME), not_before=None, not_after
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA" if ca else names[0])])
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(issuer_name or subject).public_key(key.public_key())

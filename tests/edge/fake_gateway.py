@@ -33,7 +33,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.record()
         if self.path.rstrip("/").endswith("/models"):
-            self.send_json(200, {"object": "list", "data": [{"id": "tiny-llama", "object": "model", "owned_by": "test"}]})
+            self.send_json(200, {"object": "list",
+                                 "data": [{"id": "tiny-llama", "object": "model", "owned_by": "test"}]})
         else:
             self.send_json(200, {"instance": self.server.name, "path": self.path})
 

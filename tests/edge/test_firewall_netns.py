@@ -78,7 +78,7 @@ def reachable(source, destination, port):
         try:
             s.connect((destination, port))
             return True
-        except (socket.timeout, ConnectionRefusedError, OSError):
+        except (TimeoutError, ConnectionRefusedError, OSError):
             return False
 
 

@@ -1,7 +1,6 @@
 """The edge role's internal CA, made for real by community.crypto on the controller (paths in a
 temporary directory): a CA and a server certificate for both names, the CA handed back, nothing
 changed on a second run, and a server certificate close to its end signed again."""
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the tasks set root as
 def make(tmp_path, **extra):
     variables = {"appliance_site_name": "demo", "edge_chat_server_name": CHAT_NAME, "edge_api_server_name": API_NAME,
                  "edge_ca_dir": str(tmp_path / "ca"), "edge_tls_dir": str(tmp_path / "tls"),
-                 "edge_www_dir": str(tmp_path / "www"), "edge_ca_controller_path": str(tmp_path / "controller" / "ca.crt"),
+                 "edge_www_dir": str(tmp_path / "www"),
+                 "edge_ca_controller_path": str(tmp_path / "controller" / "ca.crt"),
                  **extra}
     proc = run_playbook(HERE / "internal_ca.yml", variables)
     recap = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)", proc.stdout)

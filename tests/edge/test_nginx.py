@@ -74,8 +74,9 @@ def edge(tmp_path, render, pki, nginx_bin, upstreams):
 
 
 def curl(edge, name, path, *args, port=HTTPS_PORT, scheme="https"):
-    cmd = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(edge["pki"] / "ca.crt"),
-           "--resolve", "%s:%d:127.0.0.1" % (name, port), *args, "%s://%s:%d%s" % (scheme, name, port, path)]
+    cmd = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20",
+           "--cacert", str(edge["pki"] / "ca.crt"), "--resolve", "%s:%d:127.0.0.1" % (name, port), *args,
+           "%s://%s:%d%s" % (scheme, name, port, path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     body, _, status = proc.stdout.rpartition("\n")
     return int(status or 0), body, proc
@@ -111,10 +112,9 @@ def test_tls_1_1_is_refused_1_2_and_1_3_accepted(edge):
 
 def test_unknown_name_gets_no_handshake(edge):
     context = ssl.create_default_context(cafile=str(edge["pki"] / "ca.crt"))
-    with socket.create_connection(("127.0.0.1", HTTPS_PORT)) as raw:
-        with pytest.raises(ssl.SSLError):
-            with context.wrap_socket(raw, server_hostname="other.demo.internal"):
-                pass
+    with (socket.create_connection(("127.0.0.1", HTTPS_PORT)) as raw, pytest.raises(ssl.SSLError),
+          context.wrap_socket(raw, server_hostname="other.demo.internal")):
+        pass
 
 
 def test_port_80_redirects_to_https(edge):
@@ -125,8 +125,9 @@ def test_port_80_redirects_to_https(edge):
 
 def test_streaming_is_not_buffered(edge):
     """The stand-in sends one event every 0.5 s: each must arrive as it is sent."""
-    cmd = ["curl", "-sSN", "--cacert", str(edge["pki"] / "ca.crt"), "--resolve", "%s:%d:127.0.0.1" % (API_NAME, HTTPS_PORT),
-           "-H", "Content-Type: application/json", "-d", json.dumps({"model": "tiny-llama", "stream": True, "messages": []}),
+    cmd = ["curl", "-sSN", "--cacert", str(edge["pki"] / "ca.crt"),
+           "--resolve", "%s:%d:127.0.0.1" % (API_NAME, HTTPS_PORT), "-H", "Content-Type: application/json",
+           "-d", json.dumps({"model": "tiny-llama", "stream": True, "messages": []}),
            "https://%s:%d/v1/chat/completions" % (API_NAME, HTTPS_PORT)]
     start = time.monotonic()
     arrivals = []

@@ -7,7 +7,7 @@ import pytest
 
 from tests.edge.conftest import HERE, make_cert, make_key, run_playbook, write_key
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def validate(cert, key):

@@ -1,7 +1,7 @@
 """Real servers for the gateway tests: vLLM (CPU build), a throwaway PostgreSQL, LiteLLM's proxy.
 
-APPLIANCE_LITELLM_PYTHON: python of a venv with roles/litellm/files/requirements-litellm-*.txt
-  (tests that need the proxy are skipped when it is unset).
+APPLIANCE_LITELLM_PYTHON: python of a venv with roles/litellm/files/requirements-litellm-*.txt and
+  the appliance's package, as on a host (tests that need the proxy are skipped when it is unset).
 APPLIANCE_VLLM_PYTHON: python of a vLLM CPU venv; or APPLIANCE_VLLM_BASE_URL (+ APPLIANCE_VLLM_API_KEY)
   for an engine already serving tests/fixtures' tiny model as `tiny-code`.
 """
@@ -127,10 +127,11 @@ def vllm():
     port = free_port(18001, 18099)
     log = Path(tempfile.mkstemp(prefix="gw-vllm-", suffix=".log")[1])
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                             "--served-model-name", "tiny-code", "--host", "127.0.0.1", "--port", str(port),
-                             "--max-model-len", "1024", "--api-key", key],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    with open(log, "w") as output:   # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                                 "--served-model-name", "tiny-code", "--host", "127.0.0.1", "--port", str(port),
+                                 "--max-model-len", "1024", "--api-key", key],
+                                stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 300, proc=proc, log=log)
         yield {"api_base": f"http://127.0.0.1:{port}/v1", "api_key": key}
@@ -181,6 +182,9 @@ def gateway(vllm, postgres):
     python = os.environ.get("APPLIANCE_LITELLM_PYTHON")
     if not python:
         pytest.skip("APPLIANCE_LITELLM_PYTHON is unset")
+    if subprocess.run([python, "-c", "import llm_appliance.gateway"], capture_output=True, check=False).returncode:
+        pytest.fail(f"{python} lacks the appliance's package: install it there as the gateway's venv has it, "
+                    "e.g. pip install --no-deps --no-index build/package/llm_appliance-*.whl")
     import yaml
 
     work = Path(tempfile.mkdtemp(prefix="gw-litellm-"))
@@ -192,7 +196,6 @@ def gateway(vllm, postgres):
     log = work / "litellm.log"
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT),
         LITELLM_LOCAL_MODEL_COST_MAP="True",
         LITELLM_TELEMETRY="False",
         LITELLM_MODE="PRODUCTION",
@@ -202,9 +205,10 @@ def gateway(vllm, postgres):
         LLM_APPLIANCE_USAGE_FLUSH_S="0.5",
     )
     env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
-                             "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=work)
+    with open(log, "w") as output:   # the proxy writes to its own copy of the descriptor
+        proc = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
+                                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                                stdout=output, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc=proc, log=log)
         yield {"url": f"http://127.0.0.1:{port}", "work": work, "keys": keys, "log": log, "proc": proc}

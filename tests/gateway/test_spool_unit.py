@@ -54,7 +54,7 @@ def test_replayed_spool_adds_no_duplicates(tmp_path):
 
 
 def test_row_from_standard_logging_object():
-    start = dt.datetime(2026, 11, 24, 5, 0, 0, tzinfo=dt.timezone.utc).timestamp()
+    start = dt.datetime(2026, 11, 24, 5, 0, 0, tzinfo=dt.UTC).timestamp()
     kwargs = {
         "standard_logging_object": {
             "id": "chatcmpl-1", "call_type": "acompletion", "model_group": "code", "model": "tiny-code",
@@ -118,7 +118,8 @@ def test_key_hash_as_litellm_hands_it_over():
 
 def test_failure_hook_names_the_user_of_a_known_key(tmp_path, monkeypatch):
     keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps({"users": [{"name": "old", "key_sha256": auth.hash_key("sk-old"), "expires": "2020-01-01"}]}))
+    keys.write_text(json.dumps({"users": [
+        {"name": "old", "key_sha256": auth.hash_key("sk-old"), "expires": "2020-01-01"}]}))
     monkeypatch.setattr(auth, "_gate", auth.Gate(auth.KeyStore(str(keys))))
     writer = Collecting()
     logger = ul.UsageLogger(writer=writer)

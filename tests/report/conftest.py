@@ -1,12 +1,10 @@
 """Fixtures of the report tests: a throwaway PostgreSQL cluster (pgcluster.py) and a fresh
 database with the usage schema per test."""
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgcluster import ClusterError, throwaway_cluster  # noqa: E402
+from tests.report.pgcluster import ClusterError, throwaway_cluster
 
 SCHEMA = Path(__file__).resolve().parents[2] / "llm_appliance/usage_report/schema.sql"
 

@@ -13,15 +13,15 @@ from decimal import Decimal
 import psycopg
 import pytest
 from PIL import Image
-from test_report import event, insert, report_for, run_cli
 
 from llm_appliance.usage_report.gpu_sampler import GpuSample, SamplerError, parse_gpu_query
 from llm_appliance.usage_report.prometheus import query_windows, summarise
 from llm_appliance.usage_report.render import write_report
 from llm_appliance.usage_report.report import ReportError, build_report
 from llm_appliance.usage_report.synthetic import load as load_synthetic
+from tests.report.test_report import event, insert, report_for, run_cli
 
-APRIL = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
+APRIL = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
 APRIL_UNIX = 1775001600
 MAY_UNIX = 1777593600
 
@@ -96,9 +96,9 @@ def stored_samples(dsn):
 
 def test_sample_gpus_stores_one_row_per_gpu_now(database, tmp_path):
     nvidia_smi = stand_in_nvidia_smi(tmp_path, MIG_AND_UNSUPPORTED)
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     result = run_cli("sample-gpus", "--dsn", database, "--host", "node-a", "--nvidia-smi", str(nvidia_smi))
-    after = dt.datetime.now(dt.timezone.utc)
+    after = dt.datetime.now(dt.UTC)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "3 GPU samples stored for node-a\n"
     rows = stored_samples(database)
@@ -134,10 +134,9 @@ def test_sample_gpus_without_the_table_is_one_line(database, tmp_path):
 # --- stored samples in the report ---------------------------------------------------------------
 
 def store(dsn, rows):
-    with psycopg.connect(dsn) as connection:
-        with connection.cursor() as cursor:
-            cursor.executemany("INSERT INTO gpu_samples (sampled_at, host, gpu_index, utilization_pct,"
-                               " memory_used_mib) VALUES (%s, %s, %s, %s, %s)", rows)
+    with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.executemany("INSERT INTO gpu_samples (sampled_at, host, gpu_index, utilization_pct,"
+                           " memory_used_mib) VALUES (%s, %s, %s, %s, %s)", rows)
 
 
 def at(day, minute):
@@ -341,7 +340,7 @@ def test_prometheus_long_range_is_split(database, prometheus):
     ends = [float(r["end"]) for r in server.requests]
     assert starts == [APRIL_UNIX + 60 * k for k in (0, 10000, 20000, 30000, 40000)]
     assert ends == [s - 60 for s in starts[1:]] + [MAY_UNIX - 60]
-    assert all((end - start) / 60 + 1 <= 10000 for start, end in zip(starts, ends))
+    assert all((end - start) / 60 + 1 <= 10000 for start, end in zip(starts, ends, strict=True))
 
 
 def test_prometheus_refusal_is_one_line_naming_the_url(database, prometheus, tmp_path):

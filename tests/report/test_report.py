@@ -1,7 +1,6 @@
 """The usage report on crafted inputs with exact expected figures, and on a synthetic month."""
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,16 +16,15 @@ from llm_appliance.usage_report.report import build_report
 from llm_appliance.usage_report.synthetic import load as load_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
-T0 = dt.datetime(2026, 4, 7, 9, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 4, 7, 9, 0, 0, tzinfo=dt.UTC)
 
 
 def insert(dsn, rows):
-    with psycopg.connect(dsn) as connection:
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO usage_events (request_id, started_at, user_id, model, call_type, prompt_tokens,"
-                " completion_tokens, latency_ms, ttft_ms, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows)
+    with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO usage_events (request_id, started_at, user_id, model, call_type, prompt_tokens,"
+            " completion_tokens, latency_ms, ttft_ms, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows)
 
 
 def event(n, seconds, user="alice", model="qwen-coder", call_type="completion", prompt=100, completion=10,
@@ -105,7 +103,8 @@ def test_refused_requests_are_counted_apart_from_traffic(database):
 
 
 def test_public_api_cost(database):
-    insert(database, [event(0, 0, prompt=1_500_000, completion=400_000), event(1, 1, prompt=500_000, completion=100_000)])
+    insert(database, [event(0, 0, prompt=1_500_000, completion=400_000),
+                      event(1, 1, prompt=500_000, completion=100_000)])
     prices = {"currency": "EUR", "models": {"qwen-coder": {"prompt": 0.5, "completion": 1.5}}}
     report = report_for(database, prices=prices, prices_path="prices.json", monthly_cost=900.0)
     row = report["public_api_cost"][0]
@@ -115,13 +114,14 @@ def test_public_api_cost(database):
 
 
 def test_unknown_price_names_the_model():
-    with pytest.raises(PriceError, match=r"no public price for model\(s\) gemma-chat: add them under \"models\" in p.json"):
+    with pytest.raises(PriceError,
+                       match=r"no public price for model\(s\) gemma-chat: add them under \"models\" in p.json"):
         price_tokens([{"model": "gemma-chat", "prompt_tokens": 1, "completion_tokens": 1}],
                      {"models": {"qwen-coder": {"prompt": 1, "completion": 1}}}, "p.json")
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts/appliance-report"), *args],
+    return subprocess.run([str(Path(sys.executable).with_name("appliance-report")), *args],
                           capture_output=True, text=True, check=False, timeout=600)
 
 

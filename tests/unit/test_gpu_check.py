@@ -124,7 +124,8 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
 
     env = Environment(loader=FileSystemLoader(str(REPO / "roles/vllm/templates")), keep_trailing_newline=True)
     env.filters["comment"] = lambda text: "# " + text
-    item = {"name": "qwen-coder", "port": 8001, "model_path": "/srv/models/qwen-coder", "args": ["--quantization", "fp8"],
+    item = {"name": "qwen-coder", "port": 8001, "model_path": "/srv/models/qwen-coder",
+            "args": ["--quantization", "fp8"],
             "gpu_check": [{"index": 0, "name": H100}, {"index": 1, "name": H100}], "gpu_memory_utilization": 0.9}
     unit = env.get_template("vllm.service.j2").render(
         item=item, ansible_managed="managed", vllm_user="vllm", vllm_group="llm-appliance",
@@ -132,5 +133,6 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
         vllm_start_limit_interval="30min", vllm_start_limit_burst=5, vllm_offline_environment={"HF_HUB_OFFLINE": "1"},
         vllm_libexec_dir="/usr/local/libexec/llm-appliance")
     assert ("ExecStartPre=/usr/bin/python3 /usr/local/libexec/llm-appliance/llm-appliance-gpu-check "
-            "--unit vllm-qwen-coder \\\n    --memory-fraction 0.9 \\\n    --gpu '0=%s' \\\n    --gpu '1=%s'\n" % (H100, H100)) in unit
+            "--unit vllm-qwen-coder \\\n    --memory-fraction 0.9 \\\n"
+            "    --gpu '0=%s' \\\n    --gpu '1=%s'\n" % (H100, H100)) in unit
     assert "StartLimitBurst=5\n" in unit and "StartLimitIntervalSec=30min\n" in unit

@@ -3,8 +3,14 @@ import pathlib
 
 import pytest
 
-from llm_appliance.gpu_facts import (QUERY_ARG, gpu_facts, nvlink_groups, parse_query_gpu_csv,
-                                     parse_topo_matrix, pci_inventory)
+from llm_appliance.gpu_facts import (
+    QUERY_ARG,
+    gpu_facts,
+    nvlink_groups,
+    parse_query_gpu_csv,
+    parse_topo_matrix,
+    pci_inventory,
+)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "nvidia-smi"
 
@@ -120,7 +126,8 @@ def test_no_gpus_gives_empty_facts():
 
 def test_query_with_header_and_units():
     text = ("index, name, uuid, memory.total [MiB], memory.reserved [MiB], pci.bus_id, driver_version\n"
-            "0, NVIDIA H100 80GB HBM3, GPU-8a3b1f0e-2c4d-4e5f-9a6b-7c8d9e0f1a2b, 81559 MiB, [N/A], 0000:18:00.0, 550.54.15\n")
+            "0, NVIDIA H100 80GB HBM3, GPU-8a3b1f0e-2c4d-4e5f-9a6b-7c8d9e0f1a2b, 81559 MiB, [N/A], "
+            "0000:18:00.0, 550.54.15\n")
     gpus = parse_query_gpu_csv(text)
     assert gpus[0]["memory_total_mib"] == 81559
     assert gpus[0]["memory_reserved_mib"] is None
@@ -195,7 +202,8 @@ def test_pci_inventory_sysfs():
 
 
 def test_pci_inventory_no_gpu():
-    assert pci_inventory(fixture("no-gpu.sysfs.txt")) == {"gpu_count": 0, "nvswitch_count": 0, "gpus": [], "nvswitches": []}
+    assert pci_inventory(fixture("no-gpu.sysfs.txt")) == {"gpu_count": 0, "nvswitch_count": 0,
+                                                          "gpus": [], "nvswitches": []}
     assert pci_inventory("")["gpu_count"] == 0
 
 

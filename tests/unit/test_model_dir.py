@@ -2,15 +2,11 @@
 import hashlib
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from make_tiny_model import make_model  # noqa: E402
-
 from llm_appliance.model_dir import ModelDirError, inspect_model_dir
+from tests.fixtures.make_tiny_model import make_model
 
 
 @pytest.fixture(scope="module")

@@ -45,12 +45,14 @@ def test_repository_and_packages(system, distro):
 @pytest.mark.parametrize("system", ["Ubuntu-22", "Ubuntu-24"])
 def test_ubuntu_fabricmanager_names_follow_the_branch(system):
     data = load(system)
-    assert render(data["nvidia_driver_fabricmanager_packages"], "580") == ["nvidia-fabricmanager-580", "libnvidia-nscq-580"]
-    assert render(data["nvidia_driver_fabricmanager_packages"], "590") == ["nvidia-fabricmanager", "libnvidia-nscq"]
+    packages = data["nvidia_driver_fabricmanager_packages"]
+    assert render(packages, "580") == ["nvidia-fabricmanager-580", "libnvidia-nscq-580"]
+    assert render(packages, "590") == ["nvidia-fabricmanager", "libnvidia-nscq"]
 
 
 def test_debian_fabricmanager_names_are_unversioned():
-    assert render(load("Debian-12")["nvidia_driver_fabricmanager_packages"]) == ["nvidia-fabricmanager", "libnvidia-nscq"]
+    packages = load("Debian-12")["nvidia_driver_fabricmanager_packages"]
+    assert render(packages) == ["nvidia-fabricmanager", "libnvidia-nscq"]
 
 
 def test_defaults_are_safe():

@@ -115,7 +115,8 @@ def test_every_length_encoding_gives_the_same_fingerprints(generated_key):
     assert max(len(body) for _, _, body in parsed) >= 192  # the RSA key packet
     expected = {"primary": primary, "subkeys": subkeys}
     for encoding in ("two_or_one", "five", "partial"):
-        data = b"".join(new_format(tag, body, encoding if encoding != "two_or_one" else ("one" if len(body) < 192 else "two"))
+        data = b"".join(new_format(tag, body,
+                                   encoding if encoding != "two_or_one" else ("one" if len(body) < 192 else "two"))
                         for _, tag, body in parsed)
         assert key_fingerprints(data) == expected, encoding
     for size in (1, 2, 4):
@@ -125,7 +126,8 @@ def test_every_length_encoding_gives_the_same_fingerprints(generated_key):
             data = b"".join(old_format(tag, body, size) for _, tag, body in parsed)
         assert key_fingerprints(data) == expected, size
     # Indeterminate length: the last packet runs to the end of the data.
-    data = b"".join(old_format(tag, body, 4) for _, tag, body in parsed[:-1]) + old_format(parsed[-1][1], parsed[-1][2], None)
+    data = (b"".join(old_format(tag, body, 4) for _, tag, body in parsed[:-1])
+            + old_format(parsed[-1][1], parsed[-1][2], None))
     assert key_fingerprints(data) == expected
 
 
@@ -151,7 +153,8 @@ def test_armor_headers_crlf_and_surrounding_text(generated_key):
     (b"\xff\xfe\x00", "reserved tag 0|truncated"),
     ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!not base64!!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
      "not valid base64"),
-    ("-----BEGIN PGP SIGNATURE-----\n\niQIz\n-----END PGP SIGNATURE-----\n", "PGP SIGNATURE, not a PGP PUBLIC KEY BLOCK"),
+    ("-----BEGIN PGP SIGNATURE-----\n\niQIz\n-----END PGP SIGNATURE-----\n",
+     "PGP SIGNATURE, not a PGP PUBLIC KEY BLOCK"),
     ("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQ==\n-----END PGP PRIVATE KEY BLOCK-----\n", "PGP PRIVATE KEY BLOCK"),
     ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQIN\n", "no END line"),
     (new_format(11, b"b\x00\x00\x00\x00\x00hello", "one"), r"tag 11 \(literal data\), which does not belong"),
@@ -215,5 +218,6 @@ def test_filter_adapter(generated_key):
     openpgp_fingerprints = FilterModule().filters()["openpgp_fingerprints"]
     armored, _, primary, subkeys = generated_key
     assert openpgp_fingerprints(armored) == {"primary": primary, "subkeys": subkeys}
-    with pytest.raises(AnsibleFilterError, match="openpgp_fingerprints: no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line"):
+    with pytest.raises(AnsibleFilterError,
+                       match="openpgp_fingerprints: no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line"):
         openpgp_fingerprints("<html>Not Found</html>")

@@ -1,5 +1,6 @@
 """The planner: vLLM's memory arithmetic and the placement decisions, on exact figures."""
 import argparse
+import importlib.util
 import json
 import re
 import subprocess
@@ -10,9 +11,9 @@ import pytest
 
 from llm_appliance.plan import PlanError, cli, estimate_memory, parse_config
 from llm_appliance.plan.decide import plan_site
+from llm_appliance.plan.memory import GIB, kv_layout
 from llm_appliance.plan.placement import gpu_total_gib
 from llm_appliance.plan.speed import decode_tokens_per_s
-from llm_appliance.plan.memory import GIB, kv_layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,8 +100,7 @@ def test_tp2_costs_nccl_buffers_and_cuda_graphs_count_from_0_21():
 
 def test_cpu_engine_kv_tokens_equal_vllm_cpu_log():
     """vLLM's CPU build logs 'CPU KV cache size: 1,048,576 tokens' for the tiny model and 1 GiB."""
-    sys.path.insert(0, str(REPO / "tests/fixtures"))
-    from make_tiny_model import config as tiny_config  # noqa: E402
+    from tests.fixtures.make_tiny_model import config as tiny_config
     tiny = tiny_config()
     est = estimate_memory(parse_config(tiny), gpu_memory_gib=0, max_model_len=1024, block_size=128,
                           cpu_kvcache_space_gib=1)
@@ -121,8 +121,7 @@ def test_cpu_engine_kv_tokens_of_hybrid_model_equal_vllm_cpu_log(max_model_len, 
     (--max-model-len 1024) and '1,398,101 tokens ... for 2,048 tokens per request: 682.67x'
     (--max-model-len 2048 --max-num-batched-tokens 256): int(concurrency x max_model_len), not
     blocks // groups x block."""
-    sys.path.insert(0, str(REPO / "tests/fixtures"))
-    from make_tiny_model import config as tiny_config  # noqa: E402
+    from tests.fixtures.make_tiny_model import config as tiny_config
     est = estimate_memory(parse_config(tiny_config("hybrid")), gpu_memory_gib=0, max_model_len=max_model_len,
                           max_num_batched_tokens=max_num_batched_tokens, block_size=128, cpu_kvcache_space_gib=1)
     # 2 sliding + 1 global layer: three groups of one layer, 1 GiB / 64 KiB pages = 16384 blocks.
@@ -177,7 +176,8 @@ def test_reference_deployment_plan():
     assert [m["port"] for m in plan["models"]] == [8001, 8002]
     coder = by_name["qwen-coder"]
     assert coder["environment"] == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
-    assert coder["gpu_devices"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}, {"index": 1, "name": "NVIDIA H100 80GB HBM3"}]
+    assert coder["gpu_devices"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3"},
+                                    {"index": 1, "name": "NVIDIA H100 80GB HBM3"}]
     assert "--enable-prefix-caching" in coder["vllm_args"]
     assert coder["vllm_args"][coder["vllm_args"].index("--tensor-parallel-size") + 1] == "2"
     assert any("below 80" in r and "fp8 weights" in r for r in coder["reasons"])
@@ -282,7 +282,7 @@ def test_decode_roofline():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts/appliance-plan"), *args],
+    return subprocess.run([str(Path(sys.executable).with_name("appliance-plan")), *args],
                           capture_output=True, text=True, check=False)
 
 
@@ -294,7 +294,8 @@ def test_cli_memory_contract(tmp_path):
                      "--max-model-len", "8192", "--vllm-version", "0.19.0", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    for key in ("weights_gib_per_gpu", "available_kv_cache_gib", "kv_cache_tokens", "max_concurrency", "fits", "reason"):
+    for key in ("weights_gib_per_gpu", "available_kv_cache_gib", "kv_cache_tokens", "max_concurrency", "fits",
+                "reason"):
         assert key in out
     assert out["fits"] is True and out["kv_cache_tokens"] == pytest.approx(476016, rel=0.005)
 
@@ -313,9 +314,16 @@ def test_cli_bad_input_has_no_traceback(tmp_path, content, message):
     assert "Traceback" not in result.stderr
 
 
+def load_filter_plugin(name):
+    """A filter plugin module, loaded from its file as Ansible does."""
+    spec = importlib.util.spec_from_file_location(f"filter_plugin_{name}", REPO / "filter_plugins" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_filter_plugin_exposes_the_planner():
-    sys.path.insert(0, str(REPO / "filter_plugins"))
-    import planner  # noqa: E402
+    planner = load_filter_plugin("planner")
     filters = planner.FilterModule().filters()
     assert {"appliance_plan", "appliance_vllm_units", "appliance_litellm_backends"} <= set(filters)
 

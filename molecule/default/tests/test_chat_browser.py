@@ -20,8 +20,9 @@ import urllib.request
 
 import pytest
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (requirements/browser-tests.in) is not installed")
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium (requirements/browser-tests.in) is not installed")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -90,9 +91,9 @@ def leaf_spki_hash(ca_file):
     from cryptography.hazmat.primitives import serialization
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=CHAT_NAME) as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (socket.create_connection(("127.0.0.1", PORT), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=CHAT_NAME) as tls):
+        der = tls.getpeercert(binary_form=True)
     spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
@@ -112,7 +113,8 @@ def browser(ca_file):
         nssdb = pathlib.Path(home, ".pki", "nssdb")
         nssdb.mkdir(parents=True)
         subprocess.run([tool, "-d", "sql:%s" % nssdb, "-N", "--empty-password"], check=True)
-        subprocess.run([tool, "-d", "sql:%s" % nssdb, "-A", "-n", "appliance-ca", "-t", "C,,", "-i", ca_file], check=True)
+        subprocess.run([tool, "-d", "sql:%s" % nssdb, "-A", "-n", "appliance-ca", "-t", "C,,", "-i", ca_file],
+                       check=True)
     else:
         # No certutil: accept exactly the key whose chain was just verified against the CA.
         args.append("--ignore-certificate-errors-spki-list=%s" % leaf_spki_hash(ca_file))
@@ -171,9 +173,9 @@ def api(path, token=None, body=None, ca_file=None):
 
 def test_chat_page_is_served_over_tls_with_the_generated_ca(ca_file):
     context = ssl.create_default_context(cafile=ca_file)
-    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=CHAT_NAME) as tls:
-            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    with (socket.create_connection(("127.0.0.1", PORT), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=CHAT_NAME) as tls):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
 def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models, psql):
@@ -205,7 +207,8 @@ def test_admin_signs_in_sees_the_models_and_gets_a_reply(browser, served_models,
     def finished_reply(driver):
         try:
             replies = driver.find_elements(By.CSS_SELECTOR, ".chat-assistant #response-content-container")
-            done = driver.find_elements(By.ID, "send-message-button") or driver.find_elements(By.ID, "voice-input-button")
+            done = (driver.find_elements(By.ID, "send-message-button")
+                    or driver.find_elements(By.ID, "voice-input-button"))
             text = replies[-1].text.strip() if replies else ""
             streaming = driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Stop']")
         except StaleElementReferenceException:
@@ -255,7 +258,8 @@ def test_new_sign_up_waits_pending_and_cannot_chat(browser, ca_file):
     assert status in (401, 403)
 
     # Leave the user list as it was.
-    status, admin = api("/api/v1/auths/signin", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, ca_file=ca_file)
+    status, admin = api("/api/v1/auths/signin", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+                        ca_file=ca_file)
     assert status == 200
     request = urllib.request.Request(ORIGIN + "/api/v1/users/%s" % signed_in["id"], method="DELETE")
     request.add_header("Authorization", "Bearer " + admin["token"])

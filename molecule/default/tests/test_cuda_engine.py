@@ -76,13 +76,15 @@ def test_vllm_accepts_the_example_arguments(host, name):
     assert cmd.rc == 0, cmd.stdout + cmd.stderr
     assert cmd.stdout.strip().startswith(
         "vLLM 0.32.0 accepted the arguments through its argument parser, serve checks, tool-call and reasoning "
-        "parsers, engine arguments, model configuration; stopped before its engine configuration: no GPU here"), cmd.stdout
+        "parsers, engine arguments, model configuration; stopped before its engine configuration: no GPU here"
+    ), cmd.stdout
 
 
 @pytest.mark.parametrize("extra, reason", [
     (["--no-such-flag"], "argument parser: unrecognized arguments: --no-such-flag"),
     (["--quantization", "fp9"], "model configuration: Value error, Unknown quantization method: fp9."),
-    (["--tool-call-parser", "no-such-parser"], "tool-call and reasoning parsers: 'invalid tool call parser: no-such-parser"),
+    (["--tool-call-parser", "no-such-parser"],
+     "tool-call and reasoning parsers: 'invalid tool call parser: no-such-parser"),
     (["--max-model-len", "1000000"], "model configuration: Value error, User-specified max_model_len (1000000) is "
                                      "greater than the derived max_model_len (max_position_embeddings=32768.0"),
 ])

@@ -41,8 +41,8 @@ def completion(model="code", stream=False):
 def usage_rows(host, agent, expected, timeout=60):
     deadline = time.time() + timeout
     while True:
-        out = host.run(PSQL + " %s", f"SELECT user_id, model_alias, call_type, prompt_tokens, completion_tokens, status "
-                       f"FROM usage_events WHERE user_agent = '{agent}' ORDER BY id").stdout
+        out = host.run(PSQL + " %s", f"SELECT user_id, model_alias, call_type, prompt_tokens, completion_tokens, "
+                       f"status FROM usage_events WHERE user_agent = '{agent}' ORDER BY id").stdout
         rows = [line.split("|") for line in out.splitlines() if line]
         if len(rows) >= expected or time.time() > deadline:
             return rows

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-from make_tiny_model import make_model  # noqa: E402
+from tests.fixtures.make_tiny_model import make_model
 
+REPO = Path(__file__).resolve().parents[3]
 DEMO_CATALOG = yaml.safe_load((REPO / "inventory/demo/group_vars/all/models.yml").read_text())["appliance_models"]
 EVAL_MODEL = "tiny-eval"
 

@@ -23,13 +23,15 @@ def test_password_required(host):
 
 
 def test_gateway_role_logs_in_with_its_password(host):
-    cmd = host.run("PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance -At -c 'SELECT current_user'")
+    cmd = host.run("PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance "
+                   "-At -c 'SELECT current_user'")
     assert cmd.rc == 0, cmd.stderr
     assert cmd.stdout.strip() == "llm_gateway"
 
 
 def test_passwords_stored_as_scram(psql):
-    hashes = psql("SELECT rolname || ' ' || left(rolpassword, 13) FROM pg_authid WHERE rolcanlogin AND rolname <> 'postgres' ORDER BY 1")
+    hashes = psql("SELECT rolname || ' ' || left(rolpassword, 13) FROM pg_authid "
+                  "WHERE rolcanlogin AND rolname <> 'postgres' ORDER BY 1")
     assert hashes.splitlines() == [
         "llm_gateway SCRAM-SHA-256",
         "llm_report SCRAM-SHA-256",
@@ -38,14 +40,18 @@ def test_passwords_stored_as_scram(psql):
 
 
 def test_databases_and_owners(psql):
-    rows = psql("SELECT datname || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('llm_appliance', 'open_webui') ORDER BY 1")
+    rows = psql("SELECT datname || ' ' || pg_get_userbyid(datdba) FROM pg_database "
+                "WHERE datname IN ('llm_appliance', 'open_webui') ORDER BY 1")
     assert rows.splitlines() == ["llm_appliance llm_gateway", "open_webui open_webui"]
 
 
 def test_report_role_reads_but_cannot_write(host, psql):
-    gateway = "PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance -v ON_ERROR_STOP=1 -At -c %s"
-    report = "PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance -v ON_ERROR_STOP=1 -At -c %s"
-    created = host.run(gateway, "CREATE TABLE IF NOT EXISTS grant_probe (n int); TRUNCATE grant_probe; INSERT INTO grant_probe VALUES (7)")
+    gateway = ("PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance "
+               "-v ON_ERROR_STOP=1 -At -c %s")
+    report = ("PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance "
+              "-v ON_ERROR_STOP=1 -At -c %s")
+    created = host.run(gateway, "CREATE TABLE IF NOT EXISTS grant_probe (n int); TRUNCATE grant_probe; "
+                                "INSERT INTO grant_probe VALUES (7)")
     assert created.rc == 0, created.stderr
     try:
         read = host.run(report, "SELECT n FROM grant_probe")
@@ -62,7 +68,8 @@ def test_backup_timer_enabled(host):
     timer = host.service("llm-appliance-pg-backup.timer")
     assert timer.is_enabled
     assert timer.is_running
-    verify = host.run("systemd-analyze verify /etc/systemd/system/llm-appliance-pg-backup.service /etc/systemd/system/llm-appliance-pg-backup.timer")
+    verify = host.run("systemd-analyze verify /etc/systemd/system/llm-appliance-pg-backup.service "
+                      "/etc/systemd/system/llm-appliance-pg-backup.timer")
     assert verify.rc == 0, verify.stderr
 
 

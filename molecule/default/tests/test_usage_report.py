@@ -25,7 +25,8 @@ def test_schema_applied_and_owned_by_the_gateway(host):
 
 
 def test_report_playbook_brings_the_month_to_the_controller(host, tmp_path):
-    host.run("runuser -u postgres -- psql -d llm_appliance -c \"DELETE FROM usage_events WHERE request_id LIKE '2026%%'\"")
+    host.run("runuser -u postgres -- psql -d llm_appliance "
+             "-c \"DELETE FROM usage_events WHERE request_id LIKE '2026%%'\"")
     loaded = host.run("appliance-report synthetic --dsn '%s' --period 2026-03 --rows 5000 --seed 3" % GATEWAY_DSN)
     assert loaded.rc == 0, loaded.stderr
     result = run_report_play("2026-03", tmp_path)

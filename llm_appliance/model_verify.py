@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Check a stored model: against the controller's SHA-256 manifest when there is one,
 and always for a readable config.json and whole weight files.
 
@@ -11,17 +10,16 @@ import json
 import os
 import sys
 
-sys.path.insert(0, "/usr/local/lib/llm-appliance")
-
-from llm_appliance.model_dir import inspect_model_dir  # noqa: E402
-from llm_appliance.model_manifest import MANIFEST_NAME, verify_copy  # noqa: E402
+from llm_appliance.model_dir import inspect_model_dir
+from llm_appliance.model_manifest import MANIFEST_NAME, verify_copy
 
 
-def main():
-    if len(sys.argv) != 3:
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
         print("usage: llm-appliance-model-verify NAME DIRECTORY", file=sys.stderr)
         return 2
-    name, directory = sys.argv[1], sys.argv[2]
+    name, directory = argv
     manifest_path = os.path.join(directory, MANIFEST_NAME)
     try:
         if os.path.exists(manifest_path):

@@ -1,0 +1,1 @@
+"""The unit, playbook and report tests, and the fixtures they share with molecule and the benchmarks."""

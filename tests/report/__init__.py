@@ -1,0 +1,1 @@
+"""Report tests on a throwaway PostgreSQL cluster."""
