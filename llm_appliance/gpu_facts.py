@@ -138,7 +138,8 @@ def parse_topo_matrix(text):
         else:
             devices.append(cell)
     if not devices or not devices[0].startswith("GPU"):
-        raise ValueError("nvidia-smi topo line %d: header %r does not start with GPU0" % (header_at, lines[header_at - 1]))
+        raise ValueError("nvidia-smi topo line %d: header %r does not start with GPU0"
+                         % (header_at, lines[header_at - 1]))
     for cell in devices:
         if not _DEVICE_RE.match(cell):
             raise ValueError("nvidia-smi topo line %d: unexpected column %r" % (header_at, cell))
@@ -161,7 +162,7 @@ def parse_topo_matrix(text):
             raise ValueError("nvidia-smi topo line %d: row %s has %d link cells, expected %d"
                              % (lineno, name, len(cells), len(devices)))
         row = {}
-        for column, value in zip(devices, cells[:len(devices)]):
+        for column, value in zip(devices, cells[:len(devices)], strict=True):
             if not _LINK_RE.match(value):
                 raise ValueError("nvidia-smi topo line %d: row %s column %s is %r, not a link type"
                                  % (lineno, name, column, value))
@@ -170,7 +171,8 @@ def parse_topo_matrix(text):
             raise ValueError("nvidia-smi topo line %d: row %s does not have X on the diagonal" % (lineno, name))
         links[name] = row
         if name.startswith("GPU"):
-            rest = dict(zip(extra, cells[len(devices):]))
+            # The affinity columns, paired as far as both go: a row's cells need not match the header's count.
+            rest = dict(zip(extra, cells[len(devices):], strict=False))
             numa = rest.get("NUMA Affinity")
             if numa is not None and not _is_na(numa):
                 if not numa.isdigit():

@@ -45,10 +45,7 @@ def make_manifest(model_path, model_name="model", cache_dir=None):
         full = os.path.join(info["path"], entry["path"])
         fingerprint = _fingerprint(full)
         cached = cache.get(entry["path"])
-        if cached and cached["fingerprint"] == fingerprint:
-            digest = cached["sha256"]
-        else:
-            digest = sha256_file(full)
+        digest = cached["sha256"] if cached and cached["fingerprint"] == fingerprint else sha256_file(full)
         cache[entry["path"]] = {"fingerprint": fingerprint, "sha256": digest}
         files.append({"path": entry["path"], "size": entry["size"], "sha256": digest})
     if cache_file:
@@ -88,7 +85,8 @@ def verify_copy(model_path, manifest, model_name="model"):
             raise ValueError("model %s: %s is missing from the copy" % (model_name, full))
         size = os.path.getsize(full)
         if size != entry["size"]:
-            raise ValueError("model %s: %s has %d bytes, the controller's copy %d" % (model_name, full, size, entry["size"]))
+            raise ValueError("model %s: %s has %d bytes, the controller's copy %d"
+                             % (model_name, full, size, entry["size"]))
         if sha256_file(full) != entry["sha256"]:
             raise ValueError("model %s: %s differs from the controller's copy (sha256 mismatch)" % (model_name, full))
     inspect_model_dir(model_path, model_name)

@@ -58,7 +58,8 @@ def dearmor(text):
             edge, label = match.groups()
             if edge == "BEGIN":
                 if kind is not None:
-                    raise ValueError("armor line %d: BEGIN PGP %s inside an unfinished BEGIN PGP %s block" % (number, label, kind))
+                    raise ValueError("armor line %d: BEGIN PGP %s inside an unfinished BEGIN PGP %s block"
+                                     % (number, label, kind))
                 if label != "PUBLIC KEY BLOCK":
                     raise ValueError("armor line %d: this is a PGP %s, not a PGP PUBLIC KEY BLOCK" % (number, label))
                 kind, body, in_headers = label, [], True
@@ -82,7 +83,8 @@ def dearmor(text):
     if kind is not None:
         raise ValueError("the armored PGP %s has no END line: the text is truncated" % kind)
     if not blocks:
-        raise ValueError("no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line: this is not an ASCII-armored OpenPGP public key")
+        raise ValueError("no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line: "
+                         "this is not an ASCII-armored OpenPGP public key")
     return b"".join(blocks)
 
 
@@ -124,7 +126,8 @@ def packets(data):
             chunks = []
             while True:
                 if pos >= len(data):
-                    raise ValueError("%s (tag %s): the length is missing: the data is truncated" % (where, _tag_name(tag)))
+                    raise ValueError("%s (tag %s): the length is missing: the data is truncated"
+                                     % (where, _tag_name(tag)))
                 length, used, partial = _body_length(data, pos, data[pos], where)
                 pos += used
                 if pos + length > len(data):

@@ -27,7 +27,13 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the gateway's venv has them; at run time they are imported where they are used
+    from fastapi import Request
+    from litellm.proxy._types import UserAPIKeyAuth
 
 KEYS_FILE_ENV = "LLM_APPLIANCE_KEYS_FILE"
 DEFAULT_KEYS_FILE = "/etc/llm-appliance/litellm/keys.json"
@@ -58,7 +64,7 @@ class User:
     forwards_user: bool = False
 
     def expired(self, today: dt.date | None = None) -> bool:
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or dt.datetime.now(dt.UTC).date()
         return self.expires is not None and today > self.expires
 
     def may_use(self, model: str | None) -> bool:
@@ -71,7 +77,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def strip_bearer(api_key: str) -> str:
+def strip_bearer(api_key: str | None) -> str:
     api_key = (api_key or "").strip()
     if api_key.lower().startswith("bearer "):
         api_key = api_key[7:].strip()
@@ -86,11 +92,11 @@ def key_hash_of(api_key: str | None) -> str:
     return hash_key(value)
 
 
-def _int_or_none(value):
+def _int_or_none(value: Any) -> int | None:
     return None if value in (None, "", 0) else int(value)
 
 
-def parse_users(document: dict) -> dict[str, User]:
+def parse_users(document: dict[str, Any]) -> dict[str, User]:
     users: dict[str, User] = {}
     for entry in document.get("users", []):
         expires = entry.get("expires")
@@ -116,11 +122,11 @@ class KeyStore:
 
     def __init__(self, path: str):
         self.path = path
-        self._stamp = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
         self._lock = threading.Lock()
 
-    def _current_stamp(self):
+    def _current_stamp(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -160,9 +166,9 @@ class KeyStore:
 class RpmWindow:
     """Requests in the last 60 s per key, in this process."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._hits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
 
     def hit(self, key: str, limit: int | None) -> None:
@@ -203,7 +209,7 @@ def gate() -> Gate:
     return _gate
 
 
-async def _requested_model(request) -> str | None:
+async def _requested_model(request: Request | None) -> str | None:
     if request is None or request.method != "POST":
         return None
     try:
@@ -220,7 +226,7 @@ async def _requested_model(request) -> str | None:
 FORWARDED_USER_HEADERS = ("x-openwebui-user-email", "x-openwebui-user-id")
 
 
-def recorded_user(user: User, headers) -> str:
+def recorded_user(user: User, headers: Mapping[str, str] | None) -> str:
     """Whom the request's usage belongs to: the key's user, or the person a service acts for."""
     if user.forwards_user and headers is not None:
         for name in FORWARDED_USER_HEADERS:
@@ -230,7 +236,7 @@ def recorded_user(user: User, headers) -> str:
     return user.name
 
 
-async def user_api_key_auth(request, api_key: str):
+async def user_api_key_auth(request: Request | None, api_key: str) -> UserAPIKeyAuth:
     """The function named in general_settings.custom_auth."""
     from fastapi import HTTPException
     from litellm.proxy._types import UserAPIKeyAuth

@@ -20,9 +20,19 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the gateway's venv has it; nothing here needs it at run time
+    from litellm.proxy._types import UserAPIKeyAuth
 
 log = logging.getLogger("llm_appliance.usage")
+
+# One usage_events row: each of COLUMNS to its value (JSON-shaped: it may go through a spool file).
+Row = dict[str, Any]
+# Inserts rows in one transaction; raises when PostgreSQL does not take them.
+Insert = Callable[[list[Row]], None]
 
 COLUMNS = (
     "request_id", "started_at", "ended_at", "user_id", "key_alias", "model_alias", "model",
@@ -41,19 +51,19 @@ _CALL_TYPES = {
 }
 
 
-def _iso(value) -> str | None:
+def _iso(value: object) -> str | None:
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(float(value), dt.UTC).isoformat()
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.astimezone()
-        return value.astimezone(dt.timezone.utc).isoformat()
+        return value.astimezone(dt.UTC).isoformat()
     return str(value)
 
 
-def _seconds(value) -> float | None:
+def _seconds(value: object) -> float | None:
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
@@ -69,8 +79,8 @@ def call_type_of(raw: str | None) -> str:
     return _CALL_TYPES.get(raw or "", "other")
 
 
-def row_from_callback(kwargs: dict, start_time=None, end_time=None, failed: bool = False,
-                      error: BaseException | None = None) -> dict:
+def row_from_callback(kwargs: dict[str, Any], start_time: object = None, end_time: object = None,
+                      failed: bool = False, error: BaseException | None = None) -> Row:
     """A usage_events row from LiteLLM's callback arguments (standard_logging_object first)."""
     slo = kwargs.get("standard_logging_object") or {}
     meta = slo.get("metadata") or {}
@@ -130,7 +140,8 @@ def _status_of(error: BaseException) -> int | None:
     return None
 
 
-def rejected_row(request_data: dict, error: BaseException, route: str | None, user_name: str | None) -> dict | None:
+def rejected_row(request_data: dict[str, Any], error: BaseException, route: str | None,
+                 user_name: str | None) -> Row | None:
     """A usage_events row for a request refused before any model was called (401, 403, 429)."""
     status = _status_of(error)
     if status not in REJECTIONS:
@@ -150,7 +161,7 @@ def rejected_row(request_data: dict, error: BaseException, route: str | None, us
     }
 
 
-def is_client_request(kwargs: dict) -> bool:
+def is_client_request(kwargs: dict[str, Any]) -> bool:
     """A request that came through the proxy (health checks have no proxy request and no user)."""
     slo = kwargs.get("standard_logging_object") or {}
     if (slo.get("metadata") or {}).get("user_api_key_user_id"):
@@ -161,10 +172,10 @@ def is_client_request(kwargs: dict) -> bool:
 class Spool:
     """Rows that PostgreSQL did not take yet, as JSON-lines files, oldest first."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
 
-    def write(self, rows: list[dict]) -> Path:
+    def write(self, rows: list[Row]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = self.dir / f".{name}.tmp"
@@ -183,8 +194,8 @@ class Spool:
         return sorted(self.dir.glob("*.jsonl"))
 
     @staticmethod
-    def read(path: Path) -> list[dict]:
-        rows = []
+    def read(path: Path) -> list[Row]:
+        rows: list[Row] = []
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 line = line.strip()
@@ -199,10 +210,10 @@ class Spool:
         return sum(len(self.read(path)) for path in self.files())
 
 
-def postgres_inserter(dsn: str, connect_timeout: int = 3):
+def postgres_inserter(dsn: str, connect_timeout: int = 3) -> Insert:
     """A function that inserts rows in one transaction, raising when PostgreSQL does not take them."""
 
-    def insert(rows: list[dict]) -> None:
+    def insert(rows: list[Row]) -> None:
         import psycopg
 
         with psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=False) as conn:
@@ -216,17 +227,17 @@ def postgres_inserter(dsn: str, connect_timeout: int = 3):
 class Writer:
     """Batches rows from a queue into insert(); spools what insert() refuses."""
 
-    def __init__(self, insert, spool: Spool, batch: int = 200, flush_s: float = 1.0):
+    def __init__(self, insert: Insert, spool: Spool, batch: int = 200, flush_s: float = 1.0) -> None:
         self.insert = insert
         self.spool = spool
         self.batch = batch
         self.flush_s = flush_s
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Row] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._retry_at = 0.0
 
-    def put(self, row: dict) -> None:
+    def put(self, row: Row) -> None:
         self.queue.put(row)
 
     def start(self) -> None:
@@ -240,8 +251,8 @@ class Writer:
             self._thread.join(timeout)
         self.flush_once()
 
-    def _take(self, wait: float) -> list[dict]:
-        rows = []
+    def _take(self, wait: float) -> list[Row]:
+        rows: list[Row] = []
         deadline = time.monotonic() + wait
         while len(rows) < self.batch:
             remaining = deadline - time.monotonic()
@@ -291,16 +302,20 @@ class Writer:
                 time.sleep(self.flush_s)
 
 
-try:  # LiteLLM is present in the gateway's venv; the pure parts above need no LiteLLM.
-    from litellm.integrations.custom_logger import CustomLogger as _Base
-except ImportError:  # pragma: no cover
+if TYPE_CHECKING:
+    # mypy runs where LiteLLM is not installed: it checks the class as a plain object.
     _Base = object
+else:
+    try:  # LiteLLM is present in the gateway's venv; the pure parts above need no LiteLLM.
+        from litellm.integrations.custom_logger import CustomLogger as _Base
+    except ImportError:  # pragma: no cover
+        _Base = object
 
 
 class UsageLogger(_Base):
     """The instance named in litellm_settings.callbacks (llm_appliance.gateway.usage_logger.usage_logger)."""
 
-    def __init__(self, writer: Writer | None = None):
+    def __init__(self, writer: Writer | None = None) -> None:
         if _Base is not object:
             super().__init__()
         if writer is None:
@@ -312,7 +327,8 @@ class UsageLogger(_Base):
             )
         self.writer = writer
 
-    def _record(self, kwargs, start_time, end_time, failed, error=None):
+    def _record(self, kwargs: dict[str, Any], start_time: object, end_time: object, failed: bool,
+                error: BaseException | None = None) -> None:
         if not is_client_request(kwargs):
             return  # the router's own health checks are no one's usage
         try:
@@ -321,14 +337,17 @@ class UsageLogger(_Base):
         except Exception:  # noqa: BLE001 - logging must never fail a request
             log.exception("usage row dropped into the log")
 
-    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: object, start_time: object,
+                                      end_time: object) -> None:
         self._record(kwargs, start_time, end_time, failed=False)
 
-    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: object, start_time: object,
+                                      end_time: object) -> None:
         self._record(kwargs, start_time, end_time, failed=True, error=kwargs.get("exception"))
 
-    async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
-                                           traceback_str=None):
+    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: BaseException,
+                                           user_api_key_dict: UserAPIKeyAuth,
+                                           traceback_str: str | None = None) -> None:
         """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
         row too, under the key's user when the key is known (an expired or revoked one, say)."""
         try:

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
+from typing import Any
 
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.decide import plan_site
@@ -34,7 +34,7 @@ class UsageError(Exception):
     pass
 
 
-def _read_json(path, what):
+def _read_json(path: str, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -44,14 +44,15 @@ def _read_json(path, what):
         raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
 
 
-def _weights_from_index(config_path):
+def _weights_from_index(config_path: str) -> int | None:
     index = os.path.join(os.path.dirname(config_path), "model.safetensors.index.json")
     if os.path.exists(index):
-        return _read_json(index, "safetensors index").get("metadata", {}).get("total_size")
+        total_size: int | None = _read_json(index, "safetensors index").get("metadata", {}).get("total_size")
+        return total_size
     return None
 
 
-def cmd_memory(args):
+def cmd_memory(args: argparse.Namespace) -> int:
     if args.memory_bandwidth_gbps is not None and args.memory_bandwidth_gbps <= 0:
         raise UsageError("--memory-bandwidth-gbps must be positive, not %s" % args.memory_bandwidth_gbps)
     config = _read_json(args.config, "config")
@@ -79,8 +80,8 @@ def cmd_memory(args):
     return 0 if estimate.fits else 1
 
 
-def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_bytes: Optional[int],
-                       weights_gib_per_gpu: float) -> dict:
+def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_bytes: int | None,
+                       weights_gib_per_gpu: float) -> dict[str, Any]:
     """The decode speed by the plan's own roofline (speed.predict_decode), and whose bandwidth it used."""
     source = "--memory-bandwidth-gbps" if args.memory_bandwidth_gbps else args.gpu_name
     bandwidth = gpu_bandwidth_gbps({"name": args.gpu_name, "memory_bandwidth_gbps": args.memory_bandwidth_gbps})
@@ -94,7 +95,7 @@ def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_byte
                 pipeline_parallel_size=args.pipeline_parallel_size)
 
 
-def _decode_lines(decode: dict) -> list:
+def _decode_lines(decode: dict[str, Any]) -> list[str]:
     """The prediction and each assumption on its own line, in the memory lines' format."""
     if decode["tokens_per_s"] is None:
         return ["%-24s n/a: the memory bandwidth of %r is not known; give --memory-bandwidth-gbps"
@@ -115,7 +116,7 @@ def _decode_lines(decode: dict) -> list:
             "%-24s %s" % ("quantization", decode["quantization"])]
 
 
-def attach_configs(models, base_dir):
+def attach_configs(models: list[dict[str, Any]], base_dir: str) -> list[dict[str, Any]]:
     """Catalog entries with their config.json (and checkpoint size) read from the controller.
 
     The config comes from `config_path`, else `controller_path`/config.json; relative paths are
@@ -136,13 +137,13 @@ def attach_configs(models, base_dir):
     return result
 
 
-def load_site(path):
-    site = _read_json(path, "site")
+def load_site(path: str) -> dict[str, Any]:
+    site: dict[str, Any] = _read_json(path, "site")
     site["models"] = attach_configs(site.get("models", []), os.path.dirname(os.path.abspath(path)))
     return site
 
 
-def format_plan(plan):
+def format_plan(plan: dict[str, Any]) -> str:
     lines = []
     for model in plan["models"]:
         memory = model["memory"]
@@ -163,7 +164,7 @@ def format_plan(plan):
     return "\n".join(lines)
 
 
-def cmd_site(args):
+def cmd_site(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     plan = plan_site(site.get("models", []), site.get("gpus"), engine=site.get("engine", "cuda"),
                      vllm_version=site.get("vllm_version", "0.32.0"), base_port=site.get("base_port", 8001))
@@ -171,7 +172,7 @@ def cmd_site(args):
     return 0
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance-plan", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_memory_command(sub)
@@ -182,7 +183,7 @@ def build_parser():
     return parser
 
 
-def _add_memory_command(sub: argparse._SubParsersAction) -> None:
+def _add_memory_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """`memory`: one model's settings in, vLLM's memory figures and the decode speed out."""
     memory = sub.add_parser("memory", help="predict vLLM's memory split, KV cache and decode speed for one model",
                             description="Predict what vLLM reports at start-up for one model on one GPU "
@@ -241,10 +242,11 @@ def _add_decode_options(memory: argparse.ArgumentParser) -> None:
                         help="the GPU's memory bandwidth in GB/s, instead of --gpu-name's")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except UsageError as exc:
         print("appliance-plan: %s" % exc, file=sys.stderr)
         return 2

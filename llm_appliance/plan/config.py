@@ -1,7 +1,8 @@
 """A model's shape, read from its Hugging Face config.json: what vLLM's memory arithmetic needs."""
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Protocol
 
 from llm_appliance.plan.errors import PlanError
 
@@ -22,7 +23,7 @@ class ModelShape:
     vocab: int
     max_position: int
     torch_dtype: str
-    layer_kinds: list = field(default_factory=list)
+    layer_kinds: list[str] = field(default_factory=list)
     sliding_window: int = 0
     chunk_size: int = 0
     use_mla: bool = False
@@ -45,7 +46,7 @@ class ModelShape:
         return self.params_estimate * (1 if self.checkpoint_quantization in ("fp8", "compressed-tensors") else 2)
 
     @property
-    def params_estimate(self):
+    def params_estimate(self) -> int:
         """Parameter count from the shape, for when no checkpoint size is known."""
         attention = self.hidden * self.head_dim * (self.heads * 2 + self.kv_heads * 2)
         if self.experts:
@@ -55,7 +56,7 @@ class ModelShape:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return self.layers * (attention + mlp + 2 * self.hidden) + embeddings
 
-    def active_params_estimate(self):
+    def active_params_estimate(self) -> int:
         """Parameters read per decoded token (MoE reads only the routed experts)."""
         if not self.experts:
             return self.params_estimate
@@ -64,7 +65,7 @@ class ModelShape:
         return self.layers * (attention + mlp) + self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
 
-def _get(config, text, *names, default=None):
+def _get(config: dict[str, Any], text: dict[str, Any], *names: str, default: Any = None) -> Any:
     for name in names:
         for source in (text, config):
             if isinstance(source, dict) and source.get(name) is not None:
@@ -72,7 +73,7 @@ def _get(config, text, *names, default=None):
     return default
 
 
-def _layer_kinds(config, text, layers, model_type):
+def _layer_kinds(config: dict[str, Any], text: dict[str, Any], layers: int, model_type: str) -> list[str]:
     layer_types = _get(config, text, "layer_types")
     if layer_types:
         kinds = []
@@ -104,11 +105,12 @@ def _layer_kinds(config, text, layers, model_type):
     return [FULL] * layers
 
 
-def parse_config(config, name="model"):
+def parse_config(config: object, name: str = "model") -> ModelShape:
     """Return the ModelShape of a config.json dict; PlanError naming the missing field otherwise."""
     if not isinstance(config, dict):
         raise PlanError("model %s: config.json is not a JSON object" % name)
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text_config = config.get("text_config")
+    text: dict[str, Any] = text_config if isinstance(text_config, dict) else config
     model_type = text.get("model_type") or config.get("model_type") or "unknown"
     try:
         layers = int(_get(config, text, "num_hidden_layers", "n_layer", "num_layers"))
@@ -183,13 +185,19 @@ MULTIMODAL = ("gemma3", "paligemma", "llava", "llava_next", "llava_onevision", "
 Codec = Callable[[int, int], float]          # (rows, cols) -> bytes of one stored weight, scales included
 
 
+class Get(Protocol):
+    """A config.json lookup: the first of the keys that is set (text_config before the top level), else default."""
+
+    def __call__(self, *keys: str, default: Any = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Linear:
     """nn.Linear(cols -> rows) at module `name` ({i}: the layer) in each of `layers`, `copies` times."""
     name: str
     rows: int
     cols: int
-    layers: tuple = (0,)
+    layers: tuple[int, ...] = (0,)
     copies: int = 1
     bias: bool = False
     section: str = "text"      # text, vision, audio, or head (the LM head)
@@ -201,14 +209,15 @@ def _unknown(name: str, what: str) -> PlanError:
     return PlanError("model %s: cannot size its checkpoint from config.json: %s; %s" % (name, what, UNKNOWN_HINT))
 
 
-def _mlp(name: str, hidden: int, inter: int, layers: tuple, gated: bool = True, copies: int = 1,
-         bias: bool = False, expert: bool = False) -> list:
+def _mlp(name: str, hidden: int, inter: int, layers: tuple[int, ...], gated: bool = True, copies: int = 1,
+         bias: bool = False, expert: bool = False) -> list[Linear]:
     ups = ("gate_proj", "up_proj") if gated else ("up_proj",)
     return [Linear(name + up, inter, hidden, layers, copies, bias, expert=expert) for up in ups] + [
         Linear(name + "down_proj", hidden, inter, layers, copies, bias, expert=expert)]
 
 
-def _mla_attention(get: Callable, prefix: str, hidden: int, heads: int, layers: tuple) -> tuple:
+def _mla_attention(get: Get, prefix: str, hidden: int, heads: int,
+                   layers: tuple[int, ...]) -> tuple[list[Linear], int]:
     """DeepSeek-V2/V3 multi-head latent attention (modeling_deepseek.py DeepseekV3Attention)."""
     nope, rope = int(get("qk_nope_head_dim")), int(get("qk_rope_head_dim"))
     v_dim, kv_rank, q_rank = int(get("v_head_dim")), int(get("kv_lora_rank")), int(get("q_lora_rank", default=0) or 0)
@@ -223,7 +232,8 @@ def _mla_attention(get: Callable, prefix: str, hidden: int, heads: int, layers: 
                     Linear(a + "o_proj", hidden, heads * v_dim, layers)], (q_rank + kv_rank) * len(layers)
 
 
-def _attention(get: Callable, prefix: str, hidden: int, layers: tuple, model_type: str) -> tuple:
+def _attention(get: Get, prefix: str, hidden: int, layers: tuple[int, ...],
+               model_type: str) -> tuple[list[Linear], int]:
     heads = int(get("num_attention_heads", "n_head"))
     if get("kv_lora_rank"):
         return _mla_attention(get, prefix, hidden, heads, layers)
@@ -241,7 +251,7 @@ def _attention(get: Callable, prefix: str, hidden: int, layers: tuple, model_typ
     return linears, other * len(layers)
 
 
-def _moe_layers(get: Callable, layers: int) -> tuple:
+def _moe_layers(get: Get, layers: int) -> tuple[int, ...]:
     """Which layers carry experts: DeepSeek's first_k_dense_replace/moe_layer_freq, Llama 4's
     interleave_moe_layer_step, Qwen-MoE's decoder_sparse_step/mlp_only_layers; else all."""
     if get("first_k_dense_replace") is not None or get("moe_layer_freq") is not None:
@@ -255,7 +265,7 @@ def _moe_layers(get: Callable, layers: int) -> tuple:
     return tuple(i for i in range(layers) if i not in only and (i + 1) % step == 0)
 
 
-def _shared_expert_size(get: Callable, expert_inter: int, model_type: str) -> int:
+def _shared_expert_size(get: Get, expert_inter: int, model_type: str) -> int:
     if get("n_shared_experts"):                              # DeepSeek: n copies fused into one MLP
         return int(get("n_shared_experts")) * expert_inter
     if get("shared_expert_intermediate_size"):               # Qwen2-MoE
@@ -263,7 +273,7 @@ def _shared_expert_size(get: Callable, expert_inter: int, model_type: str) -> in
     return expert_inter if model_type.startswith("llama4") else 0   # Llama 4: one shared expert
 
 
-def _feed_forward(get: Callable, prefix: str, hidden: int, layers: int, model_type: str) -> list:
+def _feed_forward(get: Get, prefix: str, hidden: int, layers: int, model_type: str) -> list[Linear]:
     gated = model_type not in NOT_GATED
     inter = int(get("intermediate_size", "ffn_dim", "n_inner", default=0) or 4 * hidden)
     experts = int(get("num_local_experts", "n_routed_experts", "num_experts", default=0) or 0)
@@ -285,9 +295,9 @@ def _feed_forward(get: Callable, prefix: str, hidden: int, layers: int, model_ty
     return linears
 
 
-def _text_model(config: dict, text: dict, name: str) -> tuple:
+def _text_model(config: dict[str, Any], text: dict[str, Any], name: str) -> tuple[list[Linear], int]:
     """The language model's linears and its other parameters (embedding, norms, sinks)."""
-    def get(*keys, default=None):
+    def get(*keys: str, default: Any = None) -> Any:
         return _get(config, text, *keys, default=default)
     if any(get(key) is not None for key in NOT_ATTENTION_KEYS) or any(
             kind not in ("full_attention", "sliding_attention", "chunked_attention", "chunked_local_attention",
@@ -309,11 +319,11 @@ def _text_model(config: dict, text: dict, name: str) -> tuple:
     return linears, other
 
 
-def _tower(vision: dict) -> tuple:
+def _tower(vision: dict[str, Any]) -> tuple[int, int, int]:
     return int(vision["hidden_size"]), int(vision["num_hidden_layers"]), int(vision["intermediate_size"])
 
 
-def _vit_vision(vision: dict, model_type: str, text_hidden: int) -> tuple:
+def _vit_vision(vision: dict[str, Any], model_type: str, text_hidden: int) -> tuple[list[Linear], int]:
     """SigLIP / CLIP towers (modeling_siglip.py, modeling_clip.py) and their projector: Gemma 3's
     mm_input_projection_weight + soft-embedding norm, PaliGemma's linear, LLaVA's two-layer MLP."""
     hidden, layers, inter = _tower(vision)
@@ -337,12 +347,12 @@ def _vit_vision(vision: dict, model_type: str, text_hidden: int) -> tuple:
     return linears + _llava_projector(hidden, text_hidden, True), other
 
 
-def _llava_projector(vision_hidden: int, text_hidden: int, bias: bool) -> list:
+def _llava_projector(vision_hidden: int, text_hidden: int, bias: bool) -> list[Linear]:
     return [Linear("multi_modal_projector.linear_1", text_hidden, vision_hidden, bias=bias, section="vision"),
             Linear("multi_modal_projector.linear_2", text_hidden, text_hidden, bias=bias, section="vision")]
 
 
-def _pixtral_vision(vision: dict, config: dict, text_hidden: int) -> tuple:
+def _pixtral_vision(vision: dict[str, Any], config: dict[str, Any], text_hidden: int) -> tuple[list[Linear], int]:
     """Pixtral tower (modeling_pixtral.py: RMSNorms, SwiGLU, no biases) with Mistral 3's patch-merger
     projector (modeling_mistral3.py) or LLaVA's."""
     hidden, layers, inter = _tower(vision)
@@ -363,7 +373,7 @@ def _pixtral_vision(vision: dict, config: dict, text_hidden: int) -> tuple:
     return linears + projector, other + hidden
 
 
-def _qwen_vision(vision: dict, text_hidden: int) -> tuple:
+def _qwen_vision(vision: dict[str, Any], text_hidden: int) -> tuple[list[Linear], int]:
     """Qwen2-VL (LayerNorm, fc1/fc2 of embed_dim x mlp_ratio) and Qwen2.5-VL (RMSNorm, SwiGLU of
     intermediate_size) towers and their patch merger (modeling_qwen2_vl.py, modeling_qwen2_5_vl.py)."""
     qwen2 = "embed_dim" in vision
@@ -390,7 +400,7 @@ def _qwen_vision(vision: dict, text_hidden: int) -> tuple:
     return linears, hidden * channels * temporal * patch * patch + norm * (2 * len(ids) + 1)
 
 
-def _llama4_vision(vision: dict, text_hidden: int) -> tuple:
+def _llama4_vision(vision: dict[str, Any], text_hidden: int) -> tuple[list[Linear], int]:
     """Llama 4's tower, pixel-shuffle adapter and projector (modeling_llama4.py)."""
     hidden, layers, inter = _tower(vision)
     patch, image, channels = int(vision["patch_size"]), int(vision["image_size"]), int(vision.get("num_channels", 3))
@@ -410,7 +420,7 @@ def _llama4_vision(vision: dict, text_hidden: int) -> tuple:
     return linears, hidden + positions * hidden + 4 * hidden + 4 * hidden * layers
 
 
-def _vision_model(config: dict, text_hidden: int, name: str) -> tuple:
+def _vision_model(config: dict[str, Any], text_hidden: int, name: str) -> tuple[list[Linear], int]:
     vision = config.get("vision_config")
     if not isinstance(vision, dict):
         return [], 0
@@ -430,7 +440,7 @@ def _vision_model(config: dict, text_hidden: int, name: str) -> tuple:
                        % (model_type or "?", vision.get("model_type", "?"))) from None
 
 
-def _audio_model(config: dict, text_hidden: int, name: str) -> tuple:
+def _audio_model(config: dict[str, Any], text_hidden: int, name: str) -> tuple[list[Linear], int]:
     """Whisper-style audio encoders (Qwen2-Audio: modeling_qwen2_audio.py) and their linear projector."""
     audio = config.get("audio_config")
     if not isinstance(audio, dict):
@@ -450,21 +460,21 @@ def _audio_model(config: dict, text_hidden: int, name: str) -> tuple:
 
 # --- How each quantizer stores a linear layer -------------------------------------------------------
 
-Pick = Callable[[Linear, str], "Codec | None"]       # (linear, module name) -> its codec, None: 16-bit
+Pick = Callable[[Linear, str], Codec | None]       # (linear, module name) -> its codec, None: 16-bit
 
 
-def _aliases(module: str) -> tuple:
+def _aliases(module: str) -> tuple[str, str, str]:
     """The module's name in both Hugging Face layouts (before and after transformers 4.52)."""
     return module, "model." + module, module.replace("language_model.model.", "model.language_model.")
 
 
-def _matcher(patterns) -> Callable[[str], bool]:
+def _matcher(patterns: Iterable[object] | None) -> Callable[[str], bool]:
     """One compiled test for a list of module patterns: compressed-tensors' `re:` patterns (re.match),
     transformers' modules_to_not_convert (a run of dotted name parts, `*` standing for one part), or
     an exact module name."""
-    patterns = [str(pattern) for pattern in patterns or () if pattern]
-    regexes = [pattern[3:] for pattern in patterns if pattern.startswith("re:")]
-    names = [re.escape(pattern).replace(r"\*", r"[^.]+") for pattern in patterns if not pattern.startswith("re:")]
+    texts = [str(pattern) for pattern in patterns or () if pattern]
+    regexes = [text[3:] for text in texts if text.startswith("re:")]
+    names = [re.escape(text).replace(r"\*", r"[^.]+") for text in texts if not text.startswith("re:")]
     anchored = re.compile("|".join("(?:%s)" % regex for regex in regexes)) if regexes else None
     dotted = re.compile(r"(?:^|\.)(?:%s)(?:\.|$)" % "|".join(names)) if names else None
 
@@ -492,12 +502,12 @@ def _awq_codec(bits: int, group: int, zero_point: bool) -> Codec:
     return lambda rows, cols: rows * cols * bits / 8 + _groups(cols, group) * rows * per_group
 
 
-def _gptq(quant: dict, name: str) -> Pick:
+def _gptq(quant: dict[str, Any], name: str) -> Pick:
     codec = _gptq_codec(int(quant.get("bits", 4)), int(quant.get("group_size", 128) or -1))
     inside = [module for block in quant.get("modules_in_block_to_quantize") or [] for module in block]
     skipped = _matcher(quant.get("modules_to_not_convert"))
 
-    def pick(linear: Linear, module: str):
+    def pick(linear: Linear, module: str) -> Codec | None:
         if linear.section == "head":              # GPTQModel's lm_head=True quantizes the head too
             return codec if quant.get("lm_head") else None
         if linear.section != "text" or linear.router or skipped(module):
@@ -506,7 +516,7 @@ def _gptq(quant: dict, name: str) -> Pick:
     return pick
 
 
-def _awq(quant: dict, name: str) -> Pick:
+def _awq(quant: dict[str, Any], name: str) -> Pick:
     bits = int(quant.get("bits", quant.get("w_bit", 4)))
     group = int(quant.get("group_size", quant.get("q_group_size", 128)))
     codec = _awq_codec(bits, group, bool(quant.get("zero_point", True)))
@@ -515,28 +525,31 @@ def _awq(quant: dict, name: str) -> Pick:
     return lambda linear, module: None if (linear.section != "text" or linear.router or skipped(module)) else codec
 
 
-def _fp8(quant: dict, name: str) -> Pick:
+def _fp8(quant: dict[str, Any], name: str) -> Pick:
     # vLLM Fp8Config / transformers FineGrainedFP8: weight float8_e4m3 [rows, cols] with, for
     # weight_block_size [bn, bk], weight_scale_inv fp32 [rows/bn, cols/bk]; else one fp32 weight_scale
     # (and an input_scale when activation_scheme is static). The head and routers stay 16-bit.
     block = quant.get("weight_block_size")
     if block:
-        codec = lambda rows, cols: rows * cols + 4 * -(-rows // int(block[0])) * -(-cols // int(block[1]))
+        def codec(rows: int, cols: int) -> float:
+            return rows * cols + 4 * -(-rows // int(block[0])) * -(-cols // int(block[1]))
     else:
-        codec = lambda rows, cols: rows * cols + (8 if quant.get("activation_scheme") == "static" else 4)
+        def codec(rows: int, cols: int) -> float:
+            return rows * cols + (8 if quant.get("activation_scheme") == "static" else 4)
     skipped = _matcher((quant.get("modules_to_not_convert") or []) + (quant.get("ignored_layers") or []))
     return lambda linear, module: None if (linear.section == "head" or linear.router or skipped(module)) else codec
 
 
-def _mxfp4(quant: dict, name: str) -> Pick:
+def _mxfp4(quant: dict[str, Any], name: str) -> Pick:
     # gpt-oss (transformers integrations/mxfp4.py, vLLM mxfp4.py): only the MoE experts; *_blocks
     # uint8 [.., cols/32, 16] holding two E2M1 values a byte, *_scales uint8 [.., cols/32], one
     # E8M0 exponent per 32 values. Attention, router, embedding and head stay bf16.
-    codec = lambda rows, cols: rows * cols / 2 + rows * -(-cols // 32)
+    def codec(rows: int, cols: int) -> float:
+        return rows * cols / 2 + rows * -(-cols // 32)
     return lambda linear, module: codec if linear.expert else None
 
 
-def _bitsandbytes(quant: dict, name: str) -> Pick:
+def _bitsandbytes(quant: dict[str, Any], name: str) -> Pick:
     # transformers' bnb serialization. 4-bit (nf4/fp4): weight uint8 [rows*cols/2, 1] with an absmax
     # per 64 values, fp32, or with double quant uint8 plus an fp32 absmax per 256 of those and a
     # 256-entry fp32 code book, a 16-entry fp32 quant_map and a packed quant_state (~100 bytes).
@@ -549,7 +562,8 @@ def _bitsandbytes(quant: dict, name: str) -> Pick:
             absmax = blocks + 4 * -(-blocks // 256) + 1024 if double else 4 * blocks
             return rows * cols / 2 + absmax + 64 + 100
     elif quant.get("load_in_8bit"):
-        codec = lambda rows, cols: rows * cols + 4 * rows
+        def codec(rows: int, cols: int) -> float:
+            return rows * cols + 4 * rows
     else:
         raise _unknown(name, "bitsandbytes quantization with neither load_in_4bit nor load_in_8bit")
     # Every nn.Linear is replaced but llm_int8_skip_modules; without that list, all but the LM head.
@@ -559,7 +573,7 @@ def _bitsandbytes(quant: dict, name: str) -> Pick:
     return lambda linear, module: None if skipped(module) else codec
 
 
-def _ct_scales(weights: dict, rows: int, cols: int) -> int:
+def _ct_scales(weights: dict[str, Any], rows: int, cols: int) -> int:
     strategy = weights.get("strategy") or "tensor"
     if strategy == "channel":
         return rows
@@ -571,7 +585,7 @@ def _ct_scales(weights: dict, rows: int, cols: int) -> int:
     return 1
 
 
-def _ct_codec(weights: dict, fmt: str, name: str) -> Codec:
+def _ct_codec(weights: dict[str, Any], fmt: str | None, name: str) -> Codec:
     # compressed-tensors (vLLM compressed_tensors/, llm-compressor output). pack-quantized: int32-packed
     # weight_packed [rows, cols*bits/32], 16-bit weight_scale per channel/group, weight_shape int64[2],
     # packed zero points when asymmetric. float-/int-/naive-quantized: one byte a value (fp8 or int8),
@@ -590,12 +604,12 @@ def _ct_codec(weights: dict, fmt: str, name: str) -> Codec:
                    % (fmt, bits, weights.get("type", "?")))
 
 
-def _compressed_tensors(quant: dict, name: str) -> Pick:
+def _compressed_tensors(quant: dict[str, Any], name: str) -> Pick:
     sparsity = quant.get("sparsity_config") or {}
     if sparsity.get("format", "dense") not in ("dense", None):
         raise _unknown(name, "compressed-tensors sparsity format %r is not one the planner understands"
                        % sparsity.get("format"))
-    schemes = []
+    schemes: list[tuple[bool, Callable[[str], bool], Codec]] = []   # (targets every linear, target test, codec)
     for group in (quant.get("config_groups") or {}).values():
         if group.get("weights"):
             targets = group.get("targets") or ["Linear"]   # "Linear" targets every nn.Linear, else by name
@@ -605,18 +619,19 @@ def _compressed_tensors(quant: dict, name: str) -> Pick:
         raise _unknown(name, "compressed-tensors config without quantized weights in config_groups")
     ignored = _matcher(quant.get("ignore"))
 
-    def pick(linear: Linear, module: str):
+    def pick(linear: Linear, module: str) -> Codec | None:
         if ignored(module):
             return None
         return next((codec for every, targeted, codec in schemes if every or targeted(module)), None)
     return pick
 
 
-QUANTIZERS = {"gptq": _gptq, "awq": _awq, "fp8": _fp8, "mxfp4": _mxfp4, "bitsandbytes": _bitsandbytes,
-              "compressed-tensors": _compressed_tensors}
+QUANTIZERS: dict[str, Callable[[dict[str, Any], str], Pick]] = {
+    "gptq": _gptq, "awq": _awq, "fp8": _fp8, "mxfp4": _mxfp4, "bitsandbytes": _bitsandbytes,
+    "compressed-tensors": _compressed_tensors}
 
 
-def _quantizer(config: dict, text: dict, name: str) -> Pick:
+def _quantizer(config: dict[str, Any], text: dict[str, Any], name: str) -> Pick:
     quant = config.get("quantization_config") or text.get("quantization_config") or {}
     if not quant and isinstance(config.get("quantization") or text.get("quantization"), dict):
         raise _unknown(name, "its `quantization` block (MLX-style, no quantization_config) is not one vLLM loads")
@@ -631,10 +646,11 @@ def _quantizer(config: dict, text: dict, name: str) -> Pick:
     return QUANTIZERS[method](quant, name)
 
 
-def estimate_weights_bytes(config: dict, name: str = "model") -> int:
+def estimate_weights_bytes(config: dict[str, Any], name: str = "model") -> int:
     """Checkpoint bytes from config.json: the language model, its vision/audio encoders and
     projectors, each linear layer as its quantizer stores it. PlanError when not understood."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text_config = config.get("text_config")
+    text: dict[str, Any] = text_config if isinstance(text_config, dict) else config
     pick = _quantizer(config, text, name)
     linears, other = _text_model(config, text, name)
     hidden = int(_get(config, text, "hidden_size", "d_model", "n_embd"))

@@ -1,7 +1,8 @@
 """From the site's catalog and its GPUs to a plan: per model the GPUs, tensor-parallel size,
 memory settings, vLLM arguments, the predicted KV capacity and decode speed, and why."""
 import collections
-from typing import Optional
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.errors import PlanError
@@ -12,7 +13,7 @@ from llm_appliance.plan.speed import gpu_bandwidth_gbps, predict_decode, speed_r
 # --- settings per profile ---------------------------------------------------------------------
 
 # What each workload needs. typical_request_tokens x target_concurrency KV tokens must fit.
-PROFILES = {
+PROFILES: dict[str, dict[str, int | bool]] = {
     # IDE completion: short prompts, bursts of 20-40 requests in 6 s, latency first.
     "completion": {"max_model_len": 16384, "max_num_seqs": 64, "max_num_batched_tokens": 8192,
                    "typical_request_tokens": 2048, "target_concurrency": 40, "prefix_caching": True},
@@ -25,9 +26,9 @@ PROFILES = {
 }
 
 
-def _settings(entry: dict, profile: str, shape: ModelShape) -> dict:
+def _settings(entry: dict[str, Any], profile: str, shape: ModelShape) -> dict[str, Any]:
     """The profile's settings with the catalog's overrides; max_model_len capped by the config."""
-    settings = dict(PROFILES[profile])
+    settings: dict[str, Any] = dict(PROFILES[profile])
     for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
                 "typical_request_tokens", "prefix_caching"):
         if entry.get(key) is not None:
@@ -37,7 +38,7 @@ def _settings(entry: dict, profile: str, shape: ModelShape) -> dict:
     return settings
 
 
-def _request(entry: dict) -> ModelRequest:
+def _request(entry: dict[str, Any]) -> ModelRequest:
     """A catalog entry with its shape, its settings and the KV tokens its profile's target needs."""
     shape = parse_config(entry["config"], entry["name"])
     profile = entry.get("profile", "chat")
@@ -71,14 +72,17 @@ CATALOG_FIELDS = {
 }
 
 
-def _repeated(values):
+_Key = TypeVar("_Key", str, int)
+
+
+def _repeated(values: Iterable[_Key]) -> list[_Key]:
     return sorted(value for value, count in collections.Counter(values).items() if count > 1)
 
 
-def check_catalog(models):
+def check_catalog(models: Sequence[object]) -> None:
     """Refuse entries without a name, repeated names and unknown fields, naming each."""
     problems = []
-    names = []
+    names: list[str] = []
     for position, model in enumerate(models, 1):
         if not isinstance(model, dict) or not model.get("name"):
             problems.append("entry %d has no name" % position)
@@ -97,7 +101,7 @@ def check_catalog(models):
         raise PlanError("; ".join(problems))
 
 
-def _ports(models, base_port):
+def _ports(models: list[dict[str, Any]], base_port: int) -> dict[str, int]:
     """Each catalog entry's port: its own `port`, else the next free one from base_port in catalog
     order. Retired entries (state: absent) keep their place, so adding or retiring one model
     moves no other model's port (which would restart that model's unit)."""
@@ -107,7 +111,8 @@ def _ports(models, base_port):
     if clashes:
         raise PlanError("the catalog gives port %s to more than one model: each model needs its own port"
                         % ", ".join(str(p) for p in clashes))
-    ports, next_port = {}, base_port
+    ports: dict[str, int] = {}
+    next_port = base_port
     for model in models:
         if model.get("port"):
             ports[model["name"]] = int(model["port"])
@@ -119,7 +124,7 @@ def _ports(models, base_port):
     return ports
 
 
-def _check_present(present: list) -> None:
+def _check_present(present: list[dict[str, Any]]) -> None:
     """Refuse, before anything is placed, a present model with an unknown profile or no config.json."""
     for model in present:
         if model.get("profile", "chat") not in PROFILES:
@@ -130,7 +135,7 @@ def _check_present(present: list) -> None:
                             % model.get("name"))
 
 
-def _placement_order(present: list) -> list:
+def _placement_order(present: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Larger models first: they are the hardest to place. Shared models follow their partner."""
     return sorted(present, key=lambda m: (bool(m.get("share_gpus_with")),
                                           -(m.get("weights_bytes") or
@@ -140,7 +145,7 @@ def _placement_order(present: list) -> list:
 # --- decode speed -----------------------------------------------------------------------------
 
 def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
-                   target: float) -> tuple:
+                   target: float) -> tuple[float | None, str | None]:
     """Tokens/s per stream on the placed GPUs (None on the CPU engine or an unknown GPU), and the
     plan's line on it: meets the target, or what would reach it."""
     if not placement.gpus:
@@ -153,7 +158,7 @@ def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
 
 # --- rendering: vLLM's arguments and environment ----------------------------------------------
 
-def _quantization_argument(quantization, vllm_version):
+def _quantization_argument(quantization: str, vllm_version: str) -> str:
     """The catalog's quantization as this vLLM names it: from 0.32 (model_executor/model_loader/
     weight_utils.py) runtime `fp8` is a deprecated alias of `fp8_per_tensor`."""
     if quantization == "fp8" and parse_version(vllm_version) >= (0, 32):
@@ -161,13 +166,14 @@ def _quantization_argument(quantization, vllm_version):
     return quantization
 
 
-def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_version: str) -> list:
+def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_version: str) -> list[str]:
     """`vllm serve` arguments for the decision, so the unit starts with what the plan computed."""
     settings, entry = request.settings, request.entry
     args = ["--max-model-len", str(settings["max_model_len"]),
             "--max-num-seqs", str(settings["max_num_seqs"]),
             "--max-num-batched-tokens", str(settings["max_num_batched_tokens"])]
     if engine != "cpu":
+        assert placement.gpu_memory_utilization is not None   # set on every GPU placement
         args += ["--tensor-parallel-size", str(placement.tensor_parallel_size),
                  "--gpu-memory-utilization", "%.2f" % placement.gpu_memory_utilization]
     if entry.get("quantization"):
@@ -185,7 +191,7 @@ def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_ver
     return args
 
 
-def vllm_environment(placement: Placement, engine: str) -> dict:
+def vllm_environment(placement: Placement, engine: str) -> dict[str, str]:
     """The engine's environment: its KV space on the CPU, its GPUs by bus order on CUDA."""
     environment = {}
     if engine == "cpu":
@@ -202,7 +208,7 @@ def vllm_environment(placement: Placement, engine: str) -> dict:
 # --- the plan ---------------------------------------------------------------------------------
 
 def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: int,
-                 speed: Optional[float], reasons: list) -> dict:
+                 speed: float | None, reasons: list[str]) -> dict[str, Any]:
     """One model's entry of the plan: what the roles, the gateway and the operator read."""
     args = vllm_args(request, placement, site.engine, site.vllm_version)
     environment = vllm_environment(placement, site.engine)
@@ -221,7 +227,7 @@ def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: 
     }
 
 
-def _site(gpus: Optional[dict], engine: str, vllm_version: str, gpu_memory_utilization: float,
+def _site(gpus: dict[str, Any] | None, engine: str, vllm_version: str, gpu_memory_utilization: float,
           cpu_kvcache_space_gib: float) -> Site:
     gpu_list = sorted((gpus or {}).get("gpus", []), key=lambda g: g["index"])
     by_index = {g["index"]: g for g in gpu_list}
@@ -230,8 +236,9 @@ def _site(gpus: Optional[dict], engine: str, vllm_version: str, gpu_memory_utili
                 gpu_memory_utilization=gpu_memory_utilization, cpu_kvcache_space_gib=cpu_kvcache_space_gib)
 
 
-def plan_site(models, gpus=None, *, engine="cuda", vllm_version="0.32.0", base_port=8001,
-              gpu_memory_utilization=0.90, cpu_kvcache_space_gib=1, speed_target_tokens_per_s=80):
+def plan_site(models: list[dict[str, Any]], gpus: dict[str, Any] | None = None, *, engine: str = "cuda",
+              vllm_version: str = "0.32.0", base_port: int = 8001, gpu_memory_utilization: float = 0.90,
+              cpu_kvcache_space_gib: float = 1, speed_target_tokens_per_s: float = 80) -> dict[str, Any]:
     """Plan every present model of the catalog.
 
     models: catalog entries, each with name, profile, the parsed `config` (config.json) and

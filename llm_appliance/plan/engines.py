@@ -20,14 +20,14 @@ CUDA_MINIMUM_DRIVER = {
 }
 
 
-def _driver_tuple(version):
+def _driver_tuple(version: object) -> tuple[int, ...]:
     parts = str(version).strip().split(".")
     if not parts[0].isdigit():
         raise ValueError(version)
     return tuple(int(p) if p.isdigit() else 0 for p in parts) + (0,) * (3 - len(parts))
 
 
-def required_driver(vllm_version):
+def required_driver(vllm_version: object) -> tuple[str, tuple[int, int, int]]:
     """(CUDA release, minimum driver as a tuple) of a vLLM release's CUDA build."""
     cuda = VLLM_CUDA_RELEASES.get(str(vllm_version))
     if cuda is None:
@@ -37,7 +37,8 @@ def required_driver(vllm_version):
     return cuda, CUDA_MINIMUM_DRIVER[int(cuda.split(".")[0])]
 
 
-def check_engine_driver(engine, vllm_version, driver_branch, driver_version=None):
+def check_engine_driver(engine: str, vllm_version: str, driver_branch: object,
+                        driver_version: str | None = None) -> str:
     """Refuse a CUDA engine whose CUDA release needs a newer driver than the host gets or has.
 
     driver_branch: the branch the nvidia_driver role pins (nvidia_driver_branch, e.g. "580").
@@ -60,10 +61,12 @@ def check_engine_driver(engine, vllm_version, driver_branch, driver_version=None
         try:
             found = _driver_tuple(driver_version)
         except ValueError:
-            raise PlanError("GPU facts: driver version %r is not a version such as 580.95.05" % driver_version) from None
+            raise PlanError("GPU facts: driver version %r is not a version such as 580.95.05"
+                            % driver_version) from None
         if found < minimum:
             raise PlanError("vLLM %s is built for CUDA %s, which needs NVIDIA driver %s or newer, but the host's GPUs "
                             "report driver %s: upgrade the driver (nvidia_driver_branch %d or newer), or pin a vLLM "
-                            "release built for an older CUDA" % (vllm_version, cuda, needed, driver_version, minimum[0]))
+                            "release built for an older CUDA"
+                            % (vllm_version, cuda, needed, driver_version, minimum[0]))
     return "vLLM %s (CUDA %s) needs NVIDIA driver %s or newer: branch %d%s" % (
         vllm_version, cuda, needed, branch, ", driver %s" % driver_version if driver_version else "")

@@ -6,10 +6,10 @@ blocks       = available // (page size x tensors per block group)
 KV tokens    = blocks // groups x block size          (vLLM <= 0.20's log line)
              = int(max concurrency x max_model_len)   (vLLM >= 0.21's log line, GPU and CPU)
 """
-import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from llm_appliance.plan.config import CHUNKED, FULL, SLIDING
+from llm_appliance.plan.config import CHUNKED, FULL, SLIDING, ModelShape
 from llm_appliance.plan.errors import PlanError
 
 GIB = 1024 ** 3
@@ -34,7 +34,7 @@ IN_FLIGHT_BATCHES_FROM = (0, 32, 0)
 CUDA_GRAPH_ESTIMATE_GIB = 0.9
 
 
-def parse_version(version):
+def parse_version(version: object) -> tuple[int, ...]:
     parts = []
     for piece in str(version or "0.32.0").split(".")[:3]:
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -44,7 +44,7 @@ def parse_version(version):
     return tuple(parts)
 
 
-def cdiv(a, b):
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -67,11 +67,12 @@ class MemoryEstimate:
     fits: bool
     reason: str
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size, quantization, dtype):
+def weights_bytes_per_gpu(shape: ModelShape, weights_bytes: float | None, tensor_parallel_size: int,
+                          pipeline_parallel_size: int, quantization: str, dtype: str) -> float:
     """Weights on one GPU: the checkpoint split by TP and PP stages.
 
     Runtime fp8 quantizes the linear layers only: the embedding and LM head stay 16-bit.
@@ -93,7 +94,8 @@ def weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_p
     return ((weights_bytes - embed_bytes) / pipeline_parallel_size + one_vocab_matrix) / tensor_parallel_size
 
 
-def activation_peak_gib(shape, max_num_seqs, max_num_batched_tokens, pipeline_parallel_size, version, dtype):
+def activation_peak_gib(shape: ModelShape, max_num_seqs: int, max_num_batched_tokens: int, pipeline_parallel_size: int,
+                        version: tuple[int, ...], dtype: str) -> float:
     copies = SAMPLER_COPIES if version >= (0, 17, 0) else SAMPLER_COPIES_BEFORE_0_17
     sampler = copies * max_num_seqs * shape.vocab * 4 / GIB
     if pipeline_parallel_size > 1:
@@ -104,7 +106,7 @@ def activation_peak_gib(shape, max_num_seqs, max_num_batched_tokens, pipeline_pa
     return max(sampler, forward) + ACTIVATION_BASE_GIB
 
 
-def non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version):
+def non_torch_gib(tensor_parallel_size: int, pipeline_parallel_size: int, version: tuple[int, ...]) -> float:
     if tensor_parallel_size >= 2:
         return NON_TORCH_TP2_GIB
     if pipeline_parallel_size >= 2:
@@ -112,13 +114,12 @@ def non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version):
     return NON_TORCH_TP1_GIB if version >= (0, 18, 0) else NON_TORCH_TP1_BEFORE_0_18_GIB
 
 
-def kv_layout(shape, tensor_parallel_size, pipeline_parallel_size, kv_cache_dtype, dtype, block_size):
+def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_size: int, kv_cache_dtype: str | None,
+              dtype: str, block_size: int) -> tuple[int, int, dict[str, int], int]:
     """Page size per layer-block and the grouping of layer kinds, as vLLM's KV-cache manager builds them."""
     if kv_cache_dtype and kv_cache_dtype.startswith("fp8"):
         dtype_bytes = 1
-    elif dtype in ("float32", "float"):
-        dtype_bytes = 4
-    elif dtype == "auto" and shape.torch_dtype in ("float32", "float"):
+    elif dtype in ("float32", "float") or (dtype == "auto" and shape.torch_dtype in ("float32", "float")):
         dtype_bytes = 4
     else:
         dtype_bytes = 2
@@ -141,7 +142,8 @@ def kv_layout(shape, tensor_parallel_size, pipeline_parallel_size, kv_cache_dtyp
     return page, group_size, groups, dtype_bytes
 
 
-def in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version, cpu_engine):
+def in_flight_tokens(max_num_batched_tokens: int, pipeline_parallel_size: int, version: tuple[int, ...],
+                     cpu_engine: bool) -> int:
     """Tokens scheduled but not yet settled, which sliding-window and chunked layers keep blocks for.
 
     vLLM 0.32 (config/vllm.py, max_in_flight_tokens) reserves one max_num_batched_tokens batch per
@@ -155,7 +157,8 @@ def in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version, cp
     return max_num_batched_tokens * batches
 
 
-def blocks_per_request(shape, groups, max_model_len, in_flight, block_size):
+def blocks_per_request(shape: ModelShape, groups: dict[str, int], max_model_len: int, in_flight: int,
+                       block_size: int) -> int:
     """Blocks one request of max_model_len holds; window layers keep their window plus the
     tokens in flight (in_flight_tokens)."""
     need = 0
@@ -170,11 +173,13 @@ def blocks_per_request(shape, groups, max_model_len, in_flight, block_size):
     return need
 
 
-def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_parallel_size=1,
-                    gpu_memory_utilization=0.9, max_model_len=None, max_num_batched_tokens=None,
-                    max_num_seqs=None, weights_bytes=None, quantization="", kv_cache_dtype="auto",
-                    dtype="auto", vllm_version="0.32.0", block_size=16, enforce_eager=False,
-                    cpu_kvcache_space_gib=None, name="model"):
+def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel_size: int = 1,
+                    pipeline_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                    max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
+                    max_num_seqs: int | None = None, weights_bytes: float | None = None, quantization: str = "",
+                    kv_cache_dtype: str = "auto", dtype: str = "auto", vllm_version: str = "0.32.0",
+                    block_size: int = 16, enforce_eager: bool = False, cpu_kvcache_space_gib: float | None = None,
+                    name: str = "model") -> MemoryEstimate:
     """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space)."""
     version = parse_version(vllm_version)
     if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
@@ -215,12 +220,9 @@ def estimate_memory(shape, *, gpu_memory_gib, tensor_parallel_size=1, pipeline_p
                                  cpu_engine=cpu_kvcache_space_gib is not None)
     need = blocks_per_request(shape, groups, max_model_len, in_flight, block_size)
     concurrency = num_blocks / need if need else 0.0
-    if version >= (0, 21, 0):
-        # The CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
-        # for hybrid models it counts the sliding groups' smaller reservations too.
-        tokens = int(concurrency * max_model_len)
-    else:
-        tokens = num_blocks // group_count * block_size
+    # From v0.21 the CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
+    # for hybrid models it counts the sliding groups' smaller reservations too.
+    tokens = int(concurrency * max_model_len) if version >= (0, 21, 0) else num_blocks // group_count * block_size
 
     fits_len = 0
     low, high = 1, max(max_model_len, shape.max_position)

@@ -1,7 +1,7 @@
 """Where each model runs: its GPUs, tensor-parallel size and memory fraction, chosen by the memory
 estimate of each candidate. NVLink groups come first; GPUs are shared only when the catalog says so."""
 from dataclasses import dataclass, field
-from typing import NoReturn, Optional
+from typing import Any, NoReturn
 
 from llm_appliance.plan.config import ModelShape
 from llm_appliance.plan.errors import PlanError
@@ -12,7 +12,7 @@ DEFAULT_RESERVED_MIB = 470
 MAX_SHARED_FRACTION = 0.95
 
 
-def gpu_total_gib(gpu: dict) -> float:
+def gpu_total_gib(gpu: dict[str, Any]) -> float:
     if gpu.get("cuda_total_gib"):
         return float(gpu["cuda_total_gib"])
     reserved = gpu.get("memory_reserved_mib")
@@ -20,7 +20,7 @@ def gpu_total_gib(gpu: dict) -> float:
     return round((int(gpu["memory_total_mib"]) - int(reserved)) / 1024, 2)
 
 
-def valid_tp_sizes(shape: ModelShape, gpu_count: int) -> list:
+def valid_tp_sizes(shape: ModelShape, gpu_count: int) -> list[int]:
     """Powers of two up to gpu_count that split the heads (MLA: any) and the vocabulary evenly."""
     sizes = []
     size = 1
@@ -31,7 +31,7 @@ def valid_tp_sizes(shape: ModelShape, gpu_count: int) -> list:
     return sizes
 
 
-def _gpu_sets(free: set, size: int, nvlink_groups: list) -> list:
+def _gpu_sets(free: set[int], size: int, nvlink_groups: list[list[int]]) -> list[list[int]]:
     """Candidate GPU sets of `size` from the free ones, NVLink-connected first, lowest indices first."""
     candidates = []
     for group in nvlink_groups:
@@ -47,15 +47,16 @@ def _gpu_sets(free: set, size: int, nvlink_groups: list) -> list:
 @dataclass
 class ModelRequest:
     """One catalog entry as placement, speed and rendering all read it: its shape and settings."""
-    entry: dict
+    entry: dict[str, Any]
     shape: ModelShape
     profile: str
-    settings: dict
+    settings: dict[str, Any]
     needed_tokens: int
 
     @property
     def name(self) -> str:
-        return self.entry["name"]
+        name: str = self.entry["name"]
+        return name
 
 
 @dataclass
@@ -63,26 +64,26 @@ class Site:
     """The GPUs while models are placed one after another: which are free, who holds the others."""
     engine: str
     vllm_version: str
-    by_index: dict
-    nvlink_groups: list
-    free: set
+    by_index: dict[int, dict[str, Any]]          # GPU index -> its facts (name, memory_total_mib, ...)
+    nvlink_groups: list[list[int]]
+    free: set[int]
     gpu_memory_utilization: float
     cpu_kvcache_space_gib: float
-    placed: dict = field(default_factory=dict)   # model name -> Placement, in placement order
+    placed: dict[str, "Placement"] = field(default_factory=dict)   # model name -> Placement, in placement order
 
 
 @dataclass
 class Placement:
     """One model's placement decision; the speed prediction and the rendering are made from it."""
-    gpus: list
+    gpus: list[int]
     tensor_parallel_size: int
-    gpu_memory_utilization: Optional[float]   # None on the CPU engine
+    gpu_memory_utilization: float | None   # None on the CPU engine
     estimate: MemoryEstimate
-    reasons: list
+    reasons: list[str]
 
 
-def estimate_candidate(request: ModelRequest, site: Site, gpu: Optional[dict], tp: int, gmu: float,
-                       entry: Optional[dict] = None, kv_space_gib: Optional[float] = None) -> MemoryEstimate:
+def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | None, tp: int, gmu: float,
+                       entry: dict[str, Any] | None = None, kv_space_gib: float | None = None) -> MemoryEstimate:
     """vLLM's memory split for one candidate (GPU kind, TP size, memory fraction); `entry` replaces
     the catalog entry to try another setting, kv_space_gib is the CPU engine's KV space."""
     entry = request.entry if entry is None else entry
@@ -98,7 +99,7 @@ def estimate_candidate(request: ModelRequest, site: Site, gpu: Optional[dict], t
         cpu_kvcache_space_gib=kv_space_gib, name=entry["name"])
 
 
-def suggestions(request: ModelRequest, site: Site, gpu: dict, tp: int, gmu: float) -> list:
+def suggestions(request: ModelRequest, site: Site, gpu: dict[str, Any], tp: int, gmu: float) -> list[str]:
     """Settings that would make a refused model fit, each checked with the same arithmetic."""
     shape, entry = request.shape, request.entry
     tips = []
@@ -109,12 +110,12 @@ def suggestions(request: ModelRequest, site: Site, gpu: dict, tp: int, gmu: floa
     est = estimate_candidate(request, site, gpu, tp, gmu)
     if est.max_model_len_that_fits > 0:
         tips.append("max_model_len: %d" % est.max_model_len_that_fits)
-    if entry.get("kv_cache_dtype", "auto") == "auto":
-        if estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, kv_cache_dtype="fp8")).fits:
-            tips.append("kv_cache_dtype: fp8")
-    if not entry.get("quantization") and not shape.checkpoint_quantization:
-        if estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, quantization="fp8")).fits:
-            tips.append("quantization: fp8")
+    if (entry.get("kv_cache_dtype", "auto") == "auto"
+            and estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, kv_cache_dtype="fp8")).fits):
+        tips.append("kv_cache_dtype: fp8")
+    if (not entry.get("quantization") and not shape.checkpoint_quantization
+            and estimate_candidate(request, site, gpu, tp, gmu, entry=dict(entry, quantization="fp8")).fits):
+        tips.append("quantization: fp8")
     tips.append("retire another model (state: absent) to free GPUs")
     return tips
 
@@ -136,21 +137,23 @@ def place_shared(request: ModelRequest, site: Site) -> Placement:
     if not partner:
         raise PlanError("model %s: share_gpus_with names %s, which is not a present model of the catalog"
                         % (name, partner_name))
-    gpu_set, tp = partner.gpus, partner.tensor_parallel_size
+    gpu_set, tp, partner_gmu = partner.gpus, partner.tensor_parallel_size, partner.gpu_memory_utilization
+    # Shared placements exist on the GPU engines only, where every placement has its memory fraction.
+    assert partner_gmu is not None
     gmu = float(entry.get("gpu_memory_utilization", 0.45))
-    if partner.gpu_memory_utilization + gmu > MAX_SHARED_FRACTION + 1e-9:
+    if partner_gmu + gmu > MAX_SHARED_FRACTION + 1e-9:
         raise PlanError("models %s and %s share GPUs %s with gpu_memory_utilization %.2f + %.2f > %.2f: "
                         "lower one of them" % (partner_name, name, gpu_set,
-                                               partner.gpu_memory_utilization, gmu, MAX_SHARED_FRACTION))
+                                               partner_gmu, gmu, MAX_SHARED_FRACTION))
     estimate = estimate_candidate(request, site, site.by_index[gpu_set[0]], tp, gmu)
     if not estimate.fits:
         raise PlanError("%s on its share (%.2f) of GPUs %s. Give it more of them, or its own GPUs."
                         % (estimate.reason, gmu, gpu_set))
     return Placement(gpu_set, tp, gmu, estimate, ["shares GPUs %s with %s (%.2f + %.2f of their memory)"
-                                                  % (gpu_set, partner_name, partner.gpu_memory_utilization, gmu)])
+                                                  % (gpu_set, partner_name, partner_gmu, gmu)])
 
 
-def _tp_sizes_to_try(request: ModelRequest, site: Site) -> list:
+def _tp_sizes_to_try(request: ModelRequest, site: Site) -> list[int]:
     """The catalog's tensor_parallel_size, else every valid one up to the free GPUs, smallest first."""
     name, shape, entry = request.name, request.shape, request.entry
     if not site.free:
@@ -169,7 +172,8 @@ def _tp_sizes_to_try(request: ModelRequest, site: Site) -> list:
     return sizes
 
 
-def _first_fit(request: ModelRequest, site: Site, sizes: list, gmu: float) -> tuple:
+def _first_fit(request: ModelRequest, site: Site, sizes: list[int],
+               gmu: float) -> tuple[tuple[int, list[int], MemoryEstimate] | None, bool]:
     """(tp, GPUs, estimate) of the smallest size that holds the target, else of the smallest that
     fits at all, else None; and whether the target was reached."""
     first_fit = None
@@ -194,7 +198,8 @@ def _refuse(request: ModelRequest, site: Site, tp: int, gmu: float) -> NoReturn:
                        len(site.by_index), "; ".join(tips)))
 
 
-def _tp_reasons(request: ModelRequest, site: Site, tp: int, gpu_set: list, estimate: MemoryEstimate) -> list:
+def _tp_reasons(request: ModelRequest, site: Site, tp: int, gpu_set: list[int],
+                estimate: MemoryEstimate) -> list[str]:
     """Why this tensor-parallel size, and whether its GPUs talk over NVLink."""
     shape, needed = request.shape, request.needed_tokens
     if request.entry.get("tensor_parallel_size"):

@@ -4,7 +4,7 @@ The plan (decide.py) and `appliance-plan memory` (cli.py) both predict with pred
 the figure an operator checks by hand is the one the plan is made with.
 """
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any
 
 from llm_appliance.plan.config import ModelShape
 from llm_appliance.plan.memory import GIB, weights_bytes_per_gpu
@@ -22,7 +22,7 @@ DECODE_EFFICIENCY = 0.6
 TP_STEP_OVERHEAD = 0.08
 
 
-def gpu_bandwidth_gbps(gpu: dict) -> Optional[float]:
+def gpu_bandwidth_gbps(gpu: dict[str, Any]) -> float | None:
     """The inventory's memory_bandwidth_gbps, else the table's figure for the GPU's name (longest match)."""
     if gpu.get("memory_bandwidth_gbps"):
         return float(gpu["memory_bandwidth_gbps"])
@@ -34,7 +34,7 @@ def gpu_bandwidth_gbps(gpu: dict) -> Optional[float]:
 
 
 def decode_tokens_per_s(shape: ModelShape, weights_gib_per_gpu: float, tensor_parallel_size: int,
-                        bandwidth_gbps: Optional[float]) -> Optional[float]:
+                        bandwidth_gbps: float | None) -> float | None:
     """Single-stream decode speed from memory bandwidth: each token reads every active weight once."""
     if not bandwidth_gbps:
         return None
@@ -48,8 +48,8 @@ def decode_tokens_per_s(shape: ModelShape, weights_gib_per_gpu: float, tensor_pa
 @dataclass
 class DecodePrediction:
     """A decode speed with the assumptions behind it, so that an operator can check the figure."""
-    tokens_per_s: Optional[float]
-    memory_bandwidth_gbps: Optional[float]
+    tokens_per_s: float | None
+    memory_bandwidth_gbps: float | None
     efficiency: float
     tensor_parallel_size: int
     tp_step_overhead: float
@@ -57,12 +57,12 @@ class DecodePrediction:
     weights_gib_per_gpu: float
     active_weight_share: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def predict_decode(shape: ModelShape, weights_gib_per_gpu: float, tensor_parallel_size: int,
-                   bandwidth_gbps: Optional[float], quantization: str = "") -> DecodePrediction:
+                   bandwidth_gbps: float | None, quantization: str = "") -> DecodePrediction:
     """decode_tokens_per_s and what it assumed; quantization (runtime, else the checkpoint's) is
     only named here: it is already in weights_gib_per_gpu."""
     return DecodePrediction(
@@ -74,26 +74,27 @@ def predict_decode(shape: ModelShape, weights_gib_per_gpu: float, tensor_paralle
         active_weight_share=round(shape.active_params_estimate() / max(shape.params_estimate, 1), 4))
 
 
-def _speed_option(shape: ModelShape, entry: dict, tp: int, size: int, quantization: str,
-                  bandwidth: float) -> tuple:
+def _speed_option(shape: ModelShape, entry: dict[str, Any], tp: int, size: int, quantization: str,
+                  bandwidth: float) -> tuple[float, str]:
     """The speed of one alternative (a TP size, a quantization) and how the advice names it."""
     weights = weights_bytes_per_gpu(shape, entry.get("weights_bytes"), size, 1, quantization,
                                     entry.get("dtype", "auto")) / GIB
     speed = decode_tokens_per_s(shape, weights, size, bandwidth)
+    assert speed is not None   # the bandwidth is known: the plan's own prediction was made with it
     label = " and ".join(part for part in (
         "fp8 weights" if quantization == "fp8" and not entry.get("quantization") else "",
         "tensor_parallel_size %d" % size if size != tp else "") if part)
     return speed, label
 
 
-def speed_options(shape: ModelShape, entry: dict, tp: int, gpu_count: int, bandwidth: float,
+def speed_options(shape: ModelShape, entry: dict[str, Any], tp: int, gpu_count: int, bandwidth: float,
                   target: float) -> str:
     """What would reach the decode-speed target: fp8 weights and/or more GPUs, each figure from the
     same roofline; the fewest GPUs first. Says so when nothing on this host would."""
     quantizations = [entry.get("quantization", "")]
     if not entry.get("quantization") and not shape.checkpoint_quantization:
         quantizations.append("fp8")
-    options = []
+    options: list[tuple[bool, int, bool, float, str]] = []   # (reaches it, TP size, quantized, speed, label)
     for size in valid_tp_sizes(shape, gpu_count):
         if size < tp:
             continue
@@ -113,12 +114,13 @@ def speed_options(shape: ModelShape, entry: dict, tp: int, gpu_count: int, bandw
         gpu_count, best[4], best[3])
 
 
-def speed_reason(prediction: DecodePrediction, shape: ModelShape, entry: dict, gpu_count: int,
-                 target: float) -> Optional[str]:
+def speed_reason(prediction: DecodePrediction, shape: ModelShape, entry: dict[str, Any], gpu_count: int,
+                 target: float) -> str | None:
     """The plan's line on decode speed: whether it meets the target, and if not, what would."""
     speed, bandwidth = prediction.tokens_per_s, prediction.memory_bandwidth_gbps
     if speed is None:
         return None
+    assert bandwidth is not None   # predict_decode gives a speed only when the bandwidth is known
     if speed >= target:
         return "predicted %.0f tokens/s per stream (roofline, %d%% of %d GB/s): meets %d" % (
             speed, prediction.efficiency * 100, bandwidth, target)

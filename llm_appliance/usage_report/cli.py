@@ -43,9 +43,8 @@ def _redact(dsn):
 
 
 def cmd_migrate(args):
-    with connect(args.dsn) as connection:
-        with open(SCHEMA, encoding="utf-8") as handle:
-            connection.execute(handle.read())
+    with connect(args.dsn) as connection, open(SCHEMA, encoding="utf-8") as handle:
+        connection.execute(handle.read())
     print("schema applied")
     return 0
 

@@ -81,7 +81,7 @@ def store_samples(connection, host, samples, sampled_at=None):
     """Insert one gpu_samples row per GPU, all with the same time (now, UTC, unless given)."""
     import psycopg
 
-    sampled_at = sampled_at or dt.datetime.now(dt.timezone.utc)
+    sampled_at = sampled_at or dt.datetime.now(dt.UTC)
     try:
         with connection.cursor() as cursor:
             cursor.executemany(

@@ -36,7 +36,8 @@ GROUP BY 1, 2 ORDER BY 1, 2
 USERS_BY_TYPE = """
 SELECT call_type, count(*) AS users FROM (
     SELECT DISTINCT coalesce(call_type, 'other') AS call_type, user_id
-    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
+    FROM usage_events
+    WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
 ) AS pairs
 GROUP BY 1 ORDER BY 1
 """
@@ -44,7 +45,8 @@ GROUP BY 1 ORDER BY 1
 PER_USER = """
 WITH per_user AS (
     SELECT user_id, count(*) AS requests
-    FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
+    FROM usage_events
+    WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
     GROUP BY user_id
 ), ranked AS (
     SELECT requests, ntile(10) OVER (ORDER BY requests DESC) AS decile FROM per_user
@@ -59,7 +61,8 @@ FROM ranked
 
 PER_USER_COUNTS = """
 SELECT user_id, count(*) AS requests
-FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
+FROM usage_events
+WHERE started_at >= %(start)s AND started_at < %(end)s AND status <> 'rejected' AND user_id IS NOT NULL
 GROUP BY user_id ORDER BY requests DESC, user_id
 """
 

@@ -17,7 +17,7 @@ def period_bounds(period):
     if not match or not 1 <= int(match.group(2)) <= 12:
         raise ReportError("period %r is not a month like 2026-04" % period)
     year, month = int(match.group(1)), int(match.group(2))
-    start = dt.datetime(year, month, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
     days = calendar.monthrange(year, month)[1]
     return start, start + dt.timedelta(days=days)
 
@@ -53,7 +53,7 @@ def burst_summary(histogram_rows):
 def _rows(cursor, sql, params):
     cursor.execute(sql, params)
     names = [c.name for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def build_report(connection, period, *, windows=(6, 60), prices=None, prices_path="", monthly_cost=None,

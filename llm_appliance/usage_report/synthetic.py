@@ -52,8 +52,10 @@ def generate(period, rows, seed=0, users=116, completion_share=0.95, chat_share=
                 else "other"
             alias, model = MODELS[call_type]
             user = rng.choices(names, weights)[0]
-            prompt = int(rng.lognormvariate(6.2, 0.6)) if call_type == "completion" else int(rng.lognormvariate(7.3, 0.9))
-            completion = int(rng.lognormvariate(3.2, 0.7)) if call_type == "completion" else int(rng.lognormvariate(5.5, 0.6))
+            prompt = (int(rng.lognormvariate(6.2, 0.6)) if call_type == "completion"
+                      else int(rng.lognormvariate(7.3, 0.9)))
+            completion = (int(rng.lognormvariate(3.2, 0.7)) if call_type == "completion"
+                          else int(rng.lognormvariate(5.5, 0.6)))
             ttft = rng.lognormvariate(math.log(120 if call_type == "completion" else 350), 0.4)
             latency = ttft + completion * rng.uniform(10, 14)
             failed = rng.random() < 0.003
