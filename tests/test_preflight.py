@@ -137,3 +137,12 @@ def test_engine_that_needs_a_newer_driver_is_refused(example_site, extra, found)
     assert "vLLM 0.32.0 is built for CUDA 13.0, which needs NVIDIA driver 580.65.06 or newer" in output
     assert found in output
     assert "Nothing was changed." in output
+
+
+def test_a_renamed_variable_stops_the_run_naming_its_replacement(local_site):
+    (local_site / "group_vars/all/old.yml").write_text("edge_domain: old.internal\n")
+    result = run_preflight(local_site)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "The inventory sets edge_domain, no longer read: edge_domain: set appliance_domain" in output
+    assert "Nothing was changed on the host" in output
