@@ -89,11 +89,19 @@ def cmd_report(args):
     return 0
 
 
+def add_dsn_argument(parser):
+    """--dsn, or USAGE_REPORT_DSN from the environment: units and playbooks pass the password there,
+    never on a command line that every local user can read in ps."""
+    dsn = os.environ.get("USAGE_REPORT_DSN")
+    parser.add_argument("--dsn", default=dsn, required=not dsn,
+                        help="libpq connection string (default: $USAGE_REPORT_DSN)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="appliance-report", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="write the report for one month")
-    report.add_argument("--dsn", required=True)
+    add_dsn_argument(report)
     report.add_argument("--period", required=True, help="month, e.g. 2026-04")
     report.add_argument("--out", required=True, help="directory for index.html, the plots and tables")
     report.add_argument("--prices", help="JSON file of public API prices per million tokens")
@@ -106,17 +114,17 @@ def build_parser():
     report.add_argument("--prometheus-step", type=int, help="seconds between points (default 300)")
     report.set_defaults(func=cmd_report)
     migrate = sub.add_parser("migrate", help="create or update the usage tables")
-    migrate.add_argument("--dsn", required=True)
+    add_dsn_argument(migrate)
     migrate.set_defaults(func=cmd_migrate)
     synthetic = sub.add_parser("synthetic", help="load a synthetic month (tests and benchmarks)")
-    synthetic.add_argument("--dsn", required=True)
+    add_dsn_argument(synthetic)
     synthetic.add_argument("--period", required=True)
     synthetic.add_argument("--rows", type=int, default=385000)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--gpus", type=int, default=4, help="GPUs to write samples for (default 4; 0: none)")
     synthetic.set_defaults(func=cmd_synthetic)
     sample = sub.add_parser("sample-gpus", help="store one utilisation sample per GPU from nvidia-smi")
-    sample.add_argument("--dsn", required=True)
+    add_dsn_argument(sample)
     sample.add_argument("--host", default=socket.gethostname(), help="host name to record (default: this host's)")
     sample.add_argument("--nvidia-smi", default="nvidia-smi", help="path of nvidia-smi (default: from PATH)")
     sample.set_defaults(func=cmd_sample_gpus)

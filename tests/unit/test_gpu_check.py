@@ -124,6 +124,10 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
 
     env = Environment(loader=FileSystemLoader(str(REPO / "roles/vllm/templates")), keep_trailing_newline=True)
     env.filters["comment"] = lambda text: "# " + text
+    spec = importlib.util.spec_from_file_location("systemd_units_filter", REPO / "filter_plugins/systemd_units.py")
+    hardening = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hardening)
+    env.filters.update(hardening.FilterModule().filters())
     item = {"name": "qwen-coder", "port": 8001, "model_path": "/srv/models/qwen-coder",
             "args": ["--quantization", "fp8"],
             "gpu_check": [{"index": 0, "name": H100}, {"index": 1, "name": H100}], "gpu_memory_utilization": 0.9}
@@ -136,3 +140,4 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
             "--unit vllm-qwen-coder \\\n    --memory-fraction 0.9 \\\n"
             "    --gpu '0=%s' \\\n    --gpu '1=%s'\n" % (H100, H100)) in unit
     assert "StartLimitBurst=5\n" in unit and "StartLimitIntervalSec=30min\n" in unit
+    assert "DeviceAllow=char-nvidia-uvm rw\n" in unit and "ReadWritePaths=/var/lib/llm-appliance/vllm\n" in unit

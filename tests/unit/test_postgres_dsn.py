@@ -1,0 +1,37 @@
+"""Connection strings that survive any password: parsed back by libpq itself (psycopg's
+conninfo_to_dict calls PQconninfoParse) to exactly what went in."""
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from llm_appliance.postgres import libpq_dsn, postgres_url, systemd_env_value
+
+AWKWARD = ["plain", "with space", "it's", "back\\slash", 'dq"uote', "per%cent/slash?q#h@at:colon", "dollar$HOME",
+           "tab\tand ünïcode", "'", "\\"]
+
+
+@pytest.mark.parametrize("password", AWKWARD)
+def test_libpq_dsn_round_trips_any_password(password):
+    dsn = libpq_dsn({"host": "127.0.0.1", "port": 5432, "dbname": "llm appliance", "user": "llm_gateway",
+                     "password": password, "application_name": "litellm"})
+    assert conninfo_to_dict(dsn) == {"host": "127.0.0.1", "port": "5432", "dbname": "llm appliance",
+                                     "user": "llm_gateway", "password": password, "application_name": "litellm"}
+
+
+@pytest.mark.parametrize("password", AWKWARD)
+def test_postgres_url_round_trips_any_password(password):
+    url = postgres_url("open_webui", password, "127.0.0.1", 5432, "open_webui")
+    assert conninfo_to_dict(url) == {"user": "open_webui", "password": password, "host": "127.0.0.1",
+                                     "port": "5432", "dbname": "open_webui"}
+
+
+def test_empty_values_are_left_out_and_bad_keywords_refused():
+    assert libpq_dsn({"host": "db", "password": "", "sslmode": None}) == "host='db'"
+    with pytest.raises(ValueError, match="not a libpq connection keyword"):
+        libpq_dsn({"host name": "db"})
+
+
+def test_systemd_env_value_escapes_what_systemd_unescapes():
+    assert systemd_env_value("host='db' password='a\\'b'") == '"host=\'db\' password=\'a\\\\\'b\'"'
+    assert systemd_env_value('say "$HOME" `x`') == '"say \\"\\$HOME\\" \\`x\\`"'
+    with pytest.raises(ValueError, match="newline"):
+        systemd_env_value("two\nlines")
