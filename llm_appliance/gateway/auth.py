@@ -7,14 +7,17 @@ size changes, so adding, revoking or expiring a key needs no restart:
                 "rpm": 60, "tpm": 100000, "max_parallel_requests": 4,
                 "expires": "2026-12-31", "revoked": false}]}
 
-Unknown, expired or revoked key: 401 (OpenAI-style error body, written by LiteLLM from the
-HTTPException raised here).
+Order of checks: the key first, from the header alone (unknown, expired or revoked: 401, with the
+body never read); then the route (only the OpenAI routes the appliance offers, else 404); then
+every model the body can reach (`model`, a comma-separated `model`, `fallbacks` and its kin: 403
+for one the key may not use) and fields no client may set (upstream, credentials, mocks: 400).
+An entry of the keys file that cannot be parsed is logged and refused alone; the others stay.
 A service key marked `forwards_user` (the chat UI's) may name the person it acts for in the
 X-OpenWebUI-User-Email (or -Id) header; usage is then recorded under that person, with the
 service's name as the key alias. Other keys cannot choose whom they are recorded as.
-Model the key may not use: 403. Over the key's requests per minute: 429 (checked here, in
-this process; LiteLLM's own limiter also receives rpm/tpm/parallel limits through
-UserAPIKeyAuth and shares its counters through Redis when several instances run).
+Over the key's requests per minute: 429, counted in Redis for all instances (SharedLimits: while
+Redis is away each instance enforces its share). Tokens per minute and parallel requests go to
+LiteLLM's limiter through UserAPIKeyAuth, at this instance's share while Redis is away.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import collections
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +42,8 @@ if TYPE_CHECKING:  # the gateway's venv has them; at run time they are imported 
 
 KEYS_FILE_ENV = "LLM_APPLIANCE_KEYS_FILE"
 DEFAULT_KEYS_FILE = "/etc/llm-appliance/litellm/keys.json"
+
+log = logging.getLogger("llm_appliance.auth")
 
 
 class KeyError401(Exception):
@@ -92,29 +99,73 @@ def key_hash_of(api_key: str | None) -> str:
     return hash_key(value)
 
 
-def _int_or_none(value: Any) -> int | None:
-    return None if value in (None, "", 0) else int(value)
+class BadEntry(ValueError):
+    """One user entry of the keys file that cannot be used; the others still are."""
 
 
-def parse_users(document: dict[str, Any]) -> dict[str, User]:
+def _int_or_none(value: Any, field_name: str) -> int | None:
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise BadEntry(f"{field_name} must be a whole number of at least 0, got {value!r}")
+    return int(value)
+
+
+def _flag(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "yes", "1")
+
+
+def parse_user(entry: Any) -> User:
+    """One entry of the keys file, or BadEntry naming the field that is wrong."""
+    if not isinstance(entry, dict):
+        raise BadEntry(f"an entry must be a mapping, got {type(entry).__name__}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise BadEntry("name is missing")
+    key_sha256 = str(entry.get("key_sha256") or "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", key_sha256):
+        raise BadEntry("key_sha256 must be 64 hex digits (the sha256 of the key)")
+    expires = entry.get("expires")
+    if expires not in (None, "") and not isinstance(expires, dt.date):
+        try:
+            expires = dt.date.fromisoformat(str(expires))
+        except ValueError:
+            raise BadEntry(f"expires must be a date as YYYY-MM-DD, got {expires!r}") from None
+    models = entry.get("models") or ()
+    if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+        raise BadEntry(f"models must be a list of model names, got {models!r}")
+    return User(
+        name=name,
+        key_sha256=key_sha256,
+        models=tuple(models),
+        rpm=_int_or_none(entry.get("rpm"), "rpm"),
+        tpm=_int_or_none(entry.get("tpm"), "tpm"),
+        max_parallel_requests=_int_or_none(entry.get("max_parallel_requests"), "max_parallel_requests"),
+        expires=expires or None,
+        revoked=_flag(entry.get("revoked")),
+        forwards_user=_flag(entry.get("forwards_user")),
+    )
+
+
+def parse_users(document: dict[str, Any], on_bad: Callable[[int, Any, BadEntry], None] | None = None
+                ) -> dict[str, User]:
+    """Every usable entry by key hash. A bad entry is skipped (and handed to on_bad): one typo must
+    not freeze the others, a revocation among them included."""
     users: dict[str, User] = {}
-    for entry in document.get("users", []):
-        expires = entry.get("expires")
-        if expires and not isinstance(expires, dt.date):
-            expires = dt.date.fromisoformat(str(expires)[:10])
-        user = User(
-            name=str(entry["name"]),
-            key_sha256=str(entry["key_sha256"]).lower(),
-            models=tuple(entry.get("models") or ()),
-            rpm=_int_or_none(entry.get("rpm")),
-            tpm=_int_or_none(entry.get("tpm")),
-            max_parallel_requests=_int_or_none(entry.get("max_parallel_requests")),
-            expires=expires or None,
-            revoked=bool(entry.get("revoked", False)),
-            forwards_user=bool(entry.get("forwards_user", False)),
-        )
+    for index, entry in enumerate(document.get("users", [])):
+        try:
+            user = parse_user(entry)
+        except BadEntry as err:
+            if on_bad is not None:
+                on_bad(index, entry, err)
+            continue
         users[user.key_sha256] = user
     return users
+
+
+def _log_bad_entry(index: int, entry: Any, err: BadEntry) -> None:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    log.error("keys file: entry %d (user %r) refused, its key will get 401: %s", index, name, err)
 
 
 class KeyStore:
@@ -142,10 +193,14 @@ class KeyStore:
                 else:
                     try:
                         with open(self.path, encoding="utf-8") as handle:
-                            self._users = parse_users(json.load(handle))
-                    except (OSError, ValueError, KeyError):
+                            document = json.load(handle)
+                        if not isinstance(document, dict):
+                            raise ValueError("not a JSON object")
+                    except (OSError, ValueError) as err:
                         # A half-written file: keep the previous keys, try again next request.
+                        log.warning("keys file %s unreadable (%s); the previous keys stay", self.path, err)
                         return self._users
+                    self._users = parse_users(document, _log_bad_entry)
                 self._stamp = stamp
         return self._users
 
@@ -171,32 +226,206 @@ class RpmWindow:
         self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
 
+    def _recent(self, key: str, now: float) -> collections.deque[float]:
+        hits = self._hits[key]
+        while hits and now - hits[0] >= 60.0:
+            hits.popleft()
+        return hits
+
     def hit(self, key: str, limit: int | None) -> None:
         if not limit:
             return
         now = self._clock()
         with self._lock:
-            hits = self._hits[key]
-            while hits and now - hits[0] >= 60.0:
-                hits.popleft()
+            hits = self._recent(key, now)
             if len(hits) >= limit:
                 raise TooMany429(f"Rate limit exceeded: {limit} requests per minute for this key.")
             hits.append(now)
+
+    def record(self, key: str) -> None:
+        """Count a request another limiter allowed, for the time this one has to decide alone."""
+        now = self._clock()
+        with self._lock:
+            self._recent(key, now).append(now)
+
+
+# Sliding 60 s window in one sorted set per key, checked and counted in one step on the server.
+_RPM_SCRIPT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], 61)
+return 1
+"""
+
+
+class SharedLimits:
+    """Per-key limits shared by every gateway instance through Redis.
+
+    Fail-safe rather than fail-open or fail-closed: when Redis does not answer, each instance
+    enforces its share of the key's limits (limit // instances, at least 1) from its own counts,
+    so the key keeps working and all instances together still stay within its limit (a key whose
+    limit is below the number of instances gets one request per instance).
+    """
+
+    def __init__(self, redis: Any = None, instances: int = 1, clock: Callable[[], float] = time.time,
+                 local: RpmWindow | None = None) -> None:
+        self.redis = redis
+        self.instances = max(1, instances)
+        self.clock = clock
+        self.local = local or RpmWindow()
+        self.shared = redis is not None
+        self._said_down_at = 0.0
+
+    def share(self, limit: int | None) -> int | None:
+        """The part of a limit this instance may use on its own (all of it when it is alone)."""
+        if not limit or self.shared:
+            return limit
+        return max(1, limit // self.instances)
+
+    def _redis_down(self, err: BaseException) -> None:
+        self.shared = False
+        now = time.monotonic()
+        if now - self._said_down_at > 60.0:
+            self._said_down_at = now
+            log.error("Redis unreachable (%s): each of %d gateway instances enforces 1/%d of every key's "
+                      "limits until it answers", type(err).__name__, self.instances, self.instances)
+
+    async def hit_rpm(self, key: str, limit: int | None) -> None:
+        if not limit:
+            return
+        if self.redis is not None:
+            try:
+                allowed = await self.redis.eval(_RPM_SCRIPT, 1, f"llm-appliance:rpm:{key}", self.clock(), limit,
+                                                uuid.uuid4().hex)
+            except Exception as err:  # noqa: BLE001 - any Redis failure means: decide alone
+                self._redis_down(err)
+            else:
+                if not self.shared:
+                    log.warning("Redis answers again: key limits are shared between instances")
+                self.shared = True
+                if not allowed:
+                    raise TooMany429(f"Rate limit exceeded: {limit} requests per minute for this key.")
+                self.local.record(key)
+                return
+        share = self.share(limit)
+        try:
+            self.local.hit(key, share)
+        except TooMany429:
+            raise TooMany429(f"Rate limit exceeded: {limit} requests per minute for this key.") from None
+
+
+class BadRequest400(Exception):
+    status_code = 400
+
+
+class NotOffered404(Exception):
+    status_code = 404
+
+
+# What the appliance offers: OpenAI's inference routes and the model list. Everything else LiteLLM
+# serves (files, batches, assistants, pass-through, Azure-style routes with the model in the path,
+# admin routes) is refused before it is read.
+INFERENCE_ROUTES = ("/chat/completions", "/completions", "/embeddings")
+LISTING_ROUTES = ("/models",)
+# Body fields that name other models: each must be one the key may use.
+MODEL_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+# Body fields that choose an upstream, credentials or test behaviour: never a client's choice.
+REFUSED_FIELDS = frozenset({
+    "api_base", "base_url", "api_key", "api_version", "organization", "user_config", "model_list",
+    "specific_deployment", "deployment_id", "model_id", "custom_llm_provider", "litellm_params",
+    "litellm_metadata", "proxy_server_request", "secret_fields", "mock_response", "mock_tool_calls",
+    "mock_timeout", "mock_delay", "mock_testing_fallbacks", "mock_testing_context_fallbacks",
+    "mock_testing_content_policy_fallbacks", "mock_testing_rate_limit_error", "guardrails",
+})
+REFUSED_PREFIXES = ("aws_", "vertex_", "azure_", "litellm_")
+
+
+def route_kind(method: str, path: str) -> str:
+    """'inference', 'listing', or NotOffered404."""
+    path = path.rstrip("/")
+    if path.startswith("/v1/"):
+        path = path[3:]
+    if method == "POST" and path in INFERENCE_ROUTES:
+        return "inference"
+    if method == "GET" and (path in LISTING_ROUTES or path.startswith("/models/")):
+        return "listing"
+    raise NotOffered404(f"{method} {path or '/'} is not offered here; the API offers /v1/chat/completions, "
+                        "/v1/completions, /v1/embeddings and /v1/models.")
+
+
+def _named_models(value: Any) -> list[str]:
+    """Model names inside a fallbacks-like field: strings, {"model": ...}, or {"alias": [...]}."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [name for item in value for name in _named_models(item)]
+    if isinstance(value, dict):
+        if "model" in value:
+            return _named_models(value["model"])
+        return [str(k) for k in value] + _named_models(list(value.values()))
+    return [str(value)]
+
+
+def requested_models(body: dict[str, Any]) -> list[str]:
+    """Every model a request body can reach, or BadRequest400 for fields no client may set."""
+    refused = sorted(k for k in body if k in REFUSED_FIELDS or k.startswith(REFUSED_PREFIXES))
+    if refused:
+        raise BadRequest400(f"Field(s) {', '.join(refused)} may not be set by clients of this appliance.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest400("The request names no model: set \"model\" to one of the names in /v1/models.")
+    # LiteLLM sends a comma-separated model to every model named in it.
+    models = [part.strip() for part in model.split(",") if part.strip()]
+    for field_name in MODEL_FIELDS:
+        if body.get(field_name):
+            models.extend(_named_models(body[field_name]))
+    return models
 
 
 @dataclass
 class Gate:
     store: KeyStore
-    rpm: RpmWindow = field(default_factory=RpmWindow)
+    limits: SharedLimits = field(default_factory=SharedLimits)
 
-    def check(self, api_key: str, model: str | None) -> User:
-        user = self.store.lookup(api_key)
-        if not user.may_use(model):
-            raise Forbidden403(
-                f"Key of user {user.name} may not use model {model!r}; allowed: {', '.join(user.models)}."
-            )
-        self.rpm.hit(user.key_sha256, user.rpm)
+    def authenticate(self, api_key: str | None) -> User:
+        return self.store.lookup(api_key or "")
+
+    def authorize(self, user: User, models: list[str]) -> None:
+        for model in models:
+            if not user.may_use(model):
+                raise Forbidden403(
+                    f"Key of user {user.name} may not use model {model[:100]!r}; allowed: {', '.join(user.models)}."
+                )
+
+    async def check(self, api_key: str | None, method: str, path: str, body: Any) -> User:
+        user = self.authenticate(api_key)
+        await self.admit(user, method, path, body)
         return user
+
+    async def admit(self, user: User, method: str, path: str, body: Any) -> None:
+        """After the key (a request without a valid key is refused before its body is read): the
+        route, every model the body can reach, and the key's rate."""
+        if route_kind(method, path) == "inference":
+            if not isinstance(body, dict):
+                raise BadRequest400("The request body must be a JSON object.")
+            self.authorize(user, requested_models(body))
+        await self.limits.hit_rpm(user.key_sha256, user.rpm)
+
+
+def _redis_from_environment() -> Any:
+    host = os.environ.get("LLM_APPLIANCE_REDIS_HOST")
+    if not host:
+        return None
+    import redis.asyncio  # type: ignore[import-not-found]  # the gateway's venv has it, the controller's not
+
+    return redis.asyncio.Redis(
+        host=host, port=int(os.environ.get("LLM_APPLIANCE_REDIS_PORT", "6379")),
+        password=os.environ.get("REDIS_PASSWORD") or None,
+        # A Redis that hangs must not hold requests: decide alone after this long.
+        socket_timeout=0.25, socket_connect_timeout=0.25,
+    )
 
 
 _gate: Gate | None = None
@@ -205,22 +434,23 @@ _gate: Gate | None = None
 def gate() -> Gate:
     global _gate
     if _gate is None:
-        _gate = Gate(KeyStore(os.environ.get(KEYS_FILE_ENV, DEFAULT_KEYS_FILE)))
+        _gate = Gate(
+            KeyStore(os.environ.get(KEYS_FILE_ENV, DEFAULT_KEYS_FILE)),
+            SharedLimits(_redis_from_environment(), int(os.environ.get("LLM_APPLIANCE_GATEWAY_INSTANCES", "1"))),
+        )
     return _gate
 
 
-async def _requested_model(request: Request | None) -> str | None:
+async def _request_body(request: Request | None) -> Any:
     if request is None or request.method != "POST":
         return None
     try:
         # LiteLLM's reader caches the parsed body in the request scope for the route handler.
         from litellm.proxy.common_utils.http_parsing_utils import _read_request_body
 
-        body = await _read_request_body(request=request)
-    except Exception:  # noqa: BLE001 - a body we cannot read is left to LiteLLM
+        return await _read_request_body(request=request)
+    except Exception:  # noqa: BLE001 - an unreadable body is refused by the check
         return None
-    model = body.get("model") if isinstance(body, dict) else None
-    return str(model) if model else None
 
 
 FORWARDED_USER_HEADERS = ("x-openwebui-user-email", "x-openwebui-user-id")
@@ -241,20 +471,26 @@ async def user_api_key_auth(request: Request | None, api_key: str) -> UserAPIKey
     from fastapi import HTTPException
     from litellm.proxy._types import UserAPIKeyAuth
 
-    model = await _requested_model(request)
+    the_gate = gate()
     try:
-        user = gate().check(api_key, model)
-    except (KeyError401, Forbidden403, TooMany429) as err:
+        user = the_gate.authenticate(api_key)
+        method = getattr(request, "method", "GET")
+        path = request.url.path if request is not None else "/"
+        body = await _request_body(request) if route_kind(method, path) == "inference" else None
+        await the_gate.admit(user, method, path, body)
+    except (KeyError401, Forbidden403, TooMany429, BadRequest400, NotOffered404) as err:
         # LiteLLM turns an HTTPException into its OpenAI-style error body with this status; a plain
         # exception would become a 500 in 1.100.5.
         raise HTTPException(status_code=err.status_code, detail=str(err)) from None
+    limits = the_gate.limits
     return UserAPIKeyAuth(
         api_key=user.key_sha256,
         token=user.key_sha256,
         key_alias=user.name,
         user_id=recorded_user(user, getattr(request, "headers", None)),
         models=list(user.models),
-        rpm_limit=user.rpm,
-        tpm_limit=user.tpm,
-        max_parallel_requests=user.max_parallel_requests,
+        # The requests-per-minute limit is enforced above; LiteLLM's limiter keeps tokens per
+        # minute and parallel requests, at this instance's share while Redis is away.
+        tpm_limit=limits.share(user.tpm),
+        max_parallel_requests=limits.share(user.max_parallel_requests),
     )

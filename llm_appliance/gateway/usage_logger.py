@@ -6,12 +6,26 @@ under LLM_APPLIANCE_SPOOL_DIR, and spooled files are inserted first once Postgre
 again. Inserts use ON CONFLICT DO NOTHING, so a spool file replayed twice (crash between commit
 and unlink) adds no duplicate given the unique index on request_id.
 
+Rows PostgreSQL refuses for their content (a DataError or a constraint) are not retried: they
+are moved, with the reason, to a dead-letter file (JSON lines) that the usage report counts, and
+the rows around them are inserted. Every client-supplied string is cleaned (NUL and control
+characters removed, invalid UTF-8 replaced) and cut to its column's bound before it becomes a row.
+
+The queue in memory is bounded (rows beyond it go straight to the spool); the spool has a size
+limit (rows beyond it are dropped with an error line and counted). One connection is kept, with a
+connect and a statement timeout. At process exit the queue is flushed (or spooled). Counters are
+written every few seconds as a Prometheus textfile.
+
 Environment: LLM_APPLIANCE_USAGE_DSN (libpq connection string), LLM_APPLIANCE_SPOOL_DIR,
-LLM_APPLIANCE_USAGE_BATCH (rows per insert, 200), LLM_APPLIANCE_USAGE_FLUSH_S (1.0).
+LLM_APPLIANCE_DEAD_LETTER (file), LLM_APPLIANCE_METRICS_FILE (textfile), LLM_APPLIANCE_USAGE_BATCH
+(rows per insert, 200), LLM_APPLIANCE_USAGE_FLUSH_S (1.0), LLM_APPLIANCE_USAGE_QUEUE_MAX (rows,
+10000), LLM_APPLIANCE_SPOOL_MAX_MB (512).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -26,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the gateway's venv has it; nothing here needs it at run time
     from litellm.proxy._types import UserAPIKeyAuth
+
+from llm_appliance.gateway.errors import client_error
 
 log = logging.getLogger("llm_appliance.usage")
 
@@ -43,6 +59,28 @@ INSERT_SQL = (
     f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
+
+# The longest value kept of each text column; client-supplied ones are cut to it.
+TEXT_BOUNDS = {
+    "request_id": 128, "user_id": 200, "key_alias": 200, "model_alias": 200, "model": 200,
+    "deployment": 300, "call_type": 32, "status": 32, "error_class": 100, "user_agent": 300,
+}
+_CONTROL = dict.fromkeys([*range(0x00, 0x20), 0x7F])
+
+
+def clean_text(value: object, bound: int) -> str | None:
+    """A string PostgreSQL takes: no NUL or control characters, valid UTF-8, at most bound characters."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    text = text.encode("utf-8", "replace").decode("utf-8").translate(_CONTROL)
+    return text[:bound]
+
+
+def clean_row(row: Row) -> Row:
+    return {column: clean_text(value, TEXT_BOUNDS[column]) if column in TEXT_BOUNDS else value
+            for column, value in row.items()}
+
 
 _CALL_TYPES = {
     "completion": "chat", "acompletion": "chat",
@@ -154,7 +192,8 @@ def rejected_row(request_data: dict[str, Any], error: BaseException, route: str 
         "request_id": str((request_data or {}).get("litellm_call_id") or uuid.uuid4()),
         "started_at": _iso(now), "ended_at": _iso(now),
         "user_id": user_name, "key_alias": user_name,
-        "model_alias": str(model) if model else None, "model": None, "deployment": None,
+        "model_alias": clean_text(model, TEXT_BOUNDS["model_alias"]) if model else None,
+        "model": None, "deployment": None,
         "call_type": call_type, "prompt_tokens": 0, "completion_tokens": 0,
         "ttft_ms": None, "latency_ms": 0.0,
         "status": "rejected", "error_class": REJECTIONS[status], "user_agent": None,
@@ -169,23 +208,40 @@ def is_client_request(kwargs: dict[str, Any]) -> bool:
     return bool((kwargs.get("litellm_params") or {}).get("proxy_server_request"))
 
 
+class RowsRefused(Exception):
+    """PostgreSQL refused the rows for what they hold: retrying them can never succeed."""
+
+
 class Spool:
-    """Rows that PostgreSQL did not take yet, as JSON-lines files, oldest first."""
+    """Rows that PostgreSQL did not take yet, as JSON-lines files, oldest first, at most max_bytes."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 512 * 2**20) -> None:
         self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.dropped = 0
 
-    def write(self, rows: list[Row]) -> Path:
+    def size(self) -> int:
+        return sum(path.stat().st_size for path in self.files())
+
+    def write(self, rows: list[Row]) -> Path | None:
+        data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+        used = self.size()
+        if used + len(data) > self.max_bytes:
+            self.dropped += len(rows)
+            log.error("usage spool full (%d of %d bytes in %s): %d usage rows dropped, %d so far; "
+                      "PostgreSQL has been away too long or the limit is too small", used, self.max_bytes,
+                      self.dir, len(rows), self.dropped)
+            return None
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = self.dir / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         final = self.dir / f"{name}.jsonl"
         os.replace(tmp, final)
+        fsync_directory(self.dir)
         return final
 
     def files(self) -> list[Path]:
@@ -206,50 +262,136 @@ class Spool:
                         log.warning("skipping a torn line in %s", path)
         return rows
 
+    def remove(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):  # another instance replayed it too
+            path.unlink()
+            fsync_directory(self.dir)
+
     def pending(self) -> int:
         return sum(len(self.read(path)) for path in self.files())
 
 
-def postgres_inserter(dsn: str, connect_timeout: int = 3) -> Insert:
-    """A function that inserts rows in one transaction, raising when PostgreSQL does not take them."""
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in the directory survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def insert(rows: list[Row]) -> None:
+
+class DeadLetter:
+    """Rows PostgreSQL refused for their content, with the reason, as JSON lines (the report counts them)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+
+    def add(self, row: Row, reason: str) -> None:
+        self.count += 1
+        log.error("usage row %s refused by PostgreSQL (%s): moved to %s", row.get("request_id"), reason, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"quarantined_at": dt.datetime.now(dt.UTC).isoformat(), "reason": reason[:500], "row": row}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class PostgresInserter:
+    """Inserts rows in one transaction over one kept connection. Raises RowsRefused when PostgreSQL
+    refuses them for their content, anything else when it cannot be reached (the caller retries)."""
+
+    def __init__(self, dsn: str, connect_timeout_s: int = 3, statement_timeout_ms: int = 5000) -> None:
+        self.dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
         import psycopg
 
-        with psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=False) as conn:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout_s, autocommit=False,
+                                         options=f"-c statement_timeout={self.statement_timeout_ms}")
+        return self._conn
+
+    def __call__(self, rows: list[Row]) -> None:
+        import psycopg
+
+        conn = self._connection()
+        try:
             with conn.cursor() as cur:
                 cur.executemany(INSERT_SQL, [tuple(row.get(c) for c in COLUMNS) for row in rows])
             conn.commit()
+        except (psycopg.DataError, psycopg.IntegrityError) as err:
+            conn.rollback()
+            raise RowsRefused(f"{type(err).__name__}: {err}") from err
+        except Exception:
+            self.close()
+            raise
 
-    return insert
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection is dropped either way
+                self._conn.close()
+            self._conn = None
+
+
+def postgres_inserter(dsn: str, connect_timeout: int = 3) -> Insert:
+    return PostgresInserter(dsn, connect_timeout)
 
 
 class Writer:
-    """Batches rows from a queue into insert(); spools what insert() refuses."""
+    """Batches rows from a bounded queue into insert(); spools what PostgreSQL cannot take now and
+    quarantines what it will never take."""
 
-    def __init__(self, insert: Insert, spool: Spool, batch: int = 200, flush_s: float = 1.0) -> None:
+    def __init__(self, insert: Insert, spool: Spool, batch: int = 200, flush_s: float = 1.0,
+                 dead_letter: DeadLetter | None = None, queue_max: int = 10000,
+                 metrics_file: str | os.PathLike[str] | None = None) -> None:
         self.insert = insert
         self.spool = spool
         self.batch = batch
         self.flush_s = flush_s
-        self.queue: queue.SimpleQueue[Row] = queue.SimpleQueue()
+        self.dead_letter = dead_letter or DeadLetter(Path(spool.dir).parent / "dead-letter.jsonl")
+        self.queue: queue.Queue[Row] = queue.Queue(maxsize=queue_max)
+        self.metrics_file = Path(metrics_file) if metrics_file else None
+        self.inserted = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._retry_at = 0.0
+        self._metrics_at = 0.0
+        self._spool_lock = threading.Lock()
 
     def put(self, row: Row) -> None:
-        self.queue.put(row)
+        row = clean_row(row)
+        try:
+            self.queue.put_nowait(row)
+        except queue.Full:
+            # PostgreSQL is slower than the requests: beyond the bound, rows wait on disk.
+            with self._spool_lock:
+                self.spool.write([row])
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Flush everything queued (into PostgreSQL, or the spool when it does not answer)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.flush_once()
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty():
+            if time.monotonic() > deadline:
+                self._retry_at = float("inf")  # out of time: the rest goes to the spool
+            self.flush_once()
+        self.write_metrics(force=True)
+        close = getattr(self.insert, "close", None)
+        if close is not None:
+            close()
 
     def _take(self, wait: float) -> list[Row]:
         rows: list[Row] = []
@@ -257,41 +399,93 @@ class Writer:
         while len(rows) < self.batch:
             remaining = deadline - time.monotonic()
             try:
-                rows.append(self.queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self.queue.get_nowait())
+                rows.append(self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait())
             except queue.Empty:
                 break
         return rows
+
+    def _insert(self, rows: list[Row]) -> None:
+        """Insert rows; a refused batch is retried row by row, refused rows go to the dead letter."""
+        try:
+            self.insert(rows)
+            self.inserted += len(rows)
+            return
+        except RowsRefused as err:
+            if len(rows) == 1:
+                self.dead_letter.add(rows[0], str(err))
+                return
+        for row in rows:
+            try:
+                self.insert([row])
+                self.inserted += 1
+            except RowsRefused as err:
+                self.dead_letter.add(row, str(err))
 
     def drain_spool(self) -> bool:
         """Insert spooled files, oldest first; False when PostgreSQL is still away."""
         if time.monotonic() < self._retry_at:
             return False
         for path in self.spool.files():
-            rows = self.spool.read(path)
+            try:
+                rows = [clean_row(row) for row in self.spool.read(path)]
+            except FileNotFoundError:
+                continue  # another instance took it
             try:
                 for start in range(0, len(rows), self.batch):
-                    self.insert(rows[start:start + self.batch])
-            except Exception as err:  # noqa: BLE001 - any failure means: keep the file, retry later
+                    self._insert(rows[start:start + self.batch])
+            except Exception as err:  # noqa: BLE001 - any other failure means: keep the file, retry later
                 log.warning("usage spool: PostgreSQL unavailable (%s); %s kept", type(err).__name__, path.name)
                 self._retry_at = time.monotonic() + min(5.0, self.flush_s * 5)
                 return False
-            path.unlink()
+            self.spool.remove(path)
         return True
 
     def flush_once(self, wait: float = 0.0) -> int:
         rows = self._take(wait)
         spool_clear = self.drain_spool() if self.spool.files() else time.monotonic() >= self._retry_at
+        self.write_metrics()
         if not rows:
             return 0
         if spool_clear:
             try:
-                self.insert(rows)
+                self._insert(rows)
                 return len(rows)
             except Exception as err:  # noqa: BLE001
                 log.warning("usage: PostgreSQL unavailable (%s); spooling %d rows", type(err).__name__, len(rows))
                 self._retry_at = time.monotonic() + min(5.0, self.flush_s * 5)
-        self.spool.write(rows)
+        with self._spool_lock:
+            self.spool.write(rows)
         return len(rows)
+
+    def metrics(self) -> dict[str, float]:
+        files = self.spool.files()
+        sizes = []
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):  # taken by another instance meanwhile
+                sizes.append(path.stat().st_size)
+        return {
+            "llm_appliance_usage_queue_rows": self.queue.qsize(),
+            "llm_appliance_usage_spool_files": len(files),
+            "llm_appliance_usage_spool_bytes": sum(sizes),
+            "llm_appliance_usage_spool_limit_bytes": self.spool.max_bytes,
+            "llm_appliance_usage_rows_inserted_total": self.inserted,
+            "llm_appliance_usage_rows_dropped_total": self.spool.dropped,
+            "llm_appliance_usage_rows_dead_letter_total": self.dead_letter.count,
+        }
+
+    def write_metrics(self, force: bool = False) -> None:
+        """The counters as a Prometheus textfile (node exporter's textfile collector reads it)."""
+        if self.metrics_file is None or (not force and time.monotonic() < self._metrics_at):
+            return
+        self._metrics_at = time.monotonic() + 10.0
+        lines = [f"{name} {value}" for name, value in self.metrics().items()]
+        tmp = self.metrics_file.with_name(self.metrics_file.name + ".tmp")
+        try:
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            os.replace(tmp, self.metrics_file)
+        except OSError as err:
+            log.warning("usage metrics not written to %s: %s", self.metrics_file, err)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -319,13 +513,23 @@ class UsageLogger(_Base):
         if _Base is not object:
             super().__init__()
         if writer is None:
+            env = os.environ.get
+            spool_dir = env("LLM_APPLIANCE_SPOOL_DIR", "/var/lib/llm-appliance/litellm/spool")
             writer = Writer(
-                postgres_inserter(os.environ.get("LLM_APPLIANCE_USAGE_DSN", "")),
-                Spool(os.environ.get("LLM_APPLIANCE_SPOOL_DIR", "/var/lib/llm-appliance/litellm/spool")),
-                batch=int(os.environ.get("LLM_APPLIANCE_USAGE_BATCH", "200")),
-                flush_s=float(os.environ.get("LLM_APPLIANCE_USAGE_FLUSH_S", "1.0")),
+                PostgresInserter(env("LLM_APPLIANCE_USAGE_DSN", "")),
+                Spool(spool_dir, max_bytes=int(float(env("LLM_APPLIANCE_SPOOL_MAX_MB", "512")) * 2**20)),
+                batch=int(env("LLM_APPLIANCE_USAGE_BATCH", "200")),
+                flush_s=float(env("LLM_APPLIANCE_USAGE_FLUSH_S", "1.0")),
+                dead_letter=DeadLetter(env("LLM_APPLIANCE_DEAD_LETTER")
+                                       or Path(spool_dir).parent / "dead-letter.jsonl"),
+                queue_max=int(env("LLM_APPLIANCE_USAGE_QUEUE_MAX", "10000")),
+                metrics_file=env("LLM_APPLIANCE_METRICS_FILE") or None,
             )
+            # uvicorn returns on SIGTERM and the interpreter exits: rows still queued are written
+            # then, within the unit's stop timeout.
+            atexit.register(writer.stop, 10.0)
         self.writer = writer
+        self.retry_after_s = int(os.environ.get("LLM_APPLIANCE_RETRY_AFTER_S", "30"))
 
     def _record(self, kwargs: dict[str, Any], start_time: object, end_time: object, failed: bool,
                 error: BaseException | None = None) -> None:
@@ -347,9 +551,11 @@ class UsageLogger(_Base):
 
     async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: BaseException,
                                            user_api_key_dict: UserAPIKeyAuth,
-                                           traceback_str: str | None = None) -> None:
+                                           traceback_str: str | None = None) -> Any:
         """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
-        row too, under the key's user when the key is known (an expired or revoked one, say)."""
+        row too, under the key's user when the key is known (an expired or revoked one, say).
+        A failed model call is answered with a status and one line of our own (errors.py); the
+        returned HTTPException replaces LiteLLM's answer."""
         try:
             from llm_appliance.gateway.auth import gate, key_hash_of
 
@@ -361,7 +567,22 @@ class UsageLogger(_Base):
                 self.writer.put(row)
         except Exception:  # noqa: BLE001 - logging must never change the answer
             log.exception("usage row of a refused request dropped into the log")
-        return None
+        return self.client_answer(request_data, original_exception)
+
+    def client_answer(self, request_data: dict[str, Any], error: BaseException) -> Any:
+        status = _status_of(error)
+        if type(error).__name__ in ("HTTPException", "ProxyException") and (status or 500) < 500:
+            return None  # the gateway's own refusals (and LiteLLM's limiter) say what they mean already
+        model = (request_data or {}).get("model")
+        answer = client_error(status, type(error).__name__, str(getattr(error, "message", None) or error),
+                              clean_text(model, 100) if model else None, self.retry_after_s)
+        if answer is None:
+            return None
+        log.warning("model call failed, client told %d: %s: %s", answer.status, type(error).__name__,
+                    str(error)[:500])
+        from fastapi import HTTPException
+
+        return HTTPException(status_code=answer.status, detail=answer.message, headers=answer.headers or None)
 
 
 usage_logger = UsageLogger()

@@ -81,7 +81,7 @@ def test_health_checks_are_not_usage():
     assert ul.is_client_request({"standard_logging_object": {"metadata": {"user_api_key_user_id": "a"}}})
 
 
-class Refusal(Exception):
+class HTTPException(Exception):  # noqa: N818 - named as fastapi's, which the hook tells from model failures
     def __init__(self, status_code):
         super().__init__("refused")
         self.status_code = status_code
@@ -100,13 +100,13 @@ class Collecting:
 
 def test_refusals_become_rejected_rows_and_model_failures_do_not():
     body = {"model": "chat", "litellm_call_id": "call-1"}
-    row = ul.rejected_row(body, Refusal(429), "/v1/chat/completions", "alice")
+    row = ul.rejected_row(body, HTTPException(429), "/v1/chat/completions", "alice")
     assert (row["request_id"], row["user_id"], row["model_alias"], row["call_type"], row["status"],
             row["error_class"]) == ("call-1", "alice", "chat", "chat", "rejected", "RateLimited")
-    assert ul.rejected_row({}, Refusal(401), "/v1/completions", None)["call_type"] == "completion"
-    assert ul.rejected_row({}, Refusal(403), "/v1/embeddings", "bob")["error_class"] == "Forbidden"
+    assert ul.rejected_row({}, HTTPException(401), "/v1/completions", None)["call_type"] == "completion"
+    assert ul.rejected_row({}, HTTPException(403), "/v1/embeddings", "bob")["error_class"] == "Forbidden"
     # A failing model call is logged by the failure event; the hook must not count it twice.
-    assert ul.rejected_row(body, Refusal(500), "/v1/chat/completions", "alice") is None
+    assert ul.rejected_row(body, HTTPException(500), "/v1/chat/completions", "alice") is None
 
 
 def test_key_hash_as_litellm_hands_it_over():
@@ -125,5 +125,5 @@ def test_failure_hook_names_the_user_of_a_known_key(tmp_path, monkeypatch):
     logger = ul.UsageLogger(writer=writer)
     for key, expected in (("sk-old", "old"), ("sk-unknown", None)):
         identity = types.SimpleNamespace(api_key=auth.hash_key(key), request_route="/v1/chat/completions")
-        asyncio.run(logger.async_post_call_failure_hook({"model": "chat"}, Refusal(401), identity))
+        asyncio.run(logger.async_post_call_failure_hook({"model": "chat"}, HTTPException(401), identity))
         assert writer.rows[-1]["user_id"] == expected and writer.rows[-1]["status"] == "rejected"
