@@ -146,3 +146,25 @@ def test_a_renamed_variable_stops_the_run_naming_its_replacement(local_site):
     output = result.stdout + result.stderr
     assert "The inventory sets edge_domain, no longer read: edge_domain: set appliance_domain" in output
     assert "Nothing was changed on the host" in output
+
+
+def test_an_unusable_user_entry_stops_the_run_naming_user_and_field(local_site):
+    # main.yml is read after gateway.yml: its litellm_users wins.
+    main = local_site / "group_vars/all/main.yml"
+    main.write_text(main.read_text() + """
+litellm_users:
+  - name: carol
+    key_sha256: "%s"
+    expires: "31.12.2026"
+  - name: dave
+    key_sha256: "%s"
+    rpm: lots
+    colour: blue
+""" % ("a" * 64, "b" * 64))
+    result = run_preflight(local_site)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "litellm_users[0] (user carol): expires must be a date as YYYY-MM-DD, got '31.12.2026'" in output
+    assert "litellm_users[1] (user dave): unknown field(s) colour" in output
+    assert "(user dave): rpm must be a whole number" in output
+    assert "nothing was changed" in output

@@ -163,6 +163,46 @@ def parse_users(document: dict[str, Any], on_bad: Callable[[int, Any, BadEntry],
     return users
 
 
+INVENTORY_USER_FIELDS = frozenset({"name", "key", "key_sha256", "models", "rpm", "tpm", "max_parallel_requests",
+                                   "expires", "revoked", "forwards_user"})
+
+
+def inventory_user_problems(entries: Any) -> list[str]:
+    """Every problem of the inventory's litellm_users, one line each naming the user and the field.
+    The gateway's own parser judges each entry, so what passes here is what the gateway accepts."""
+    if not isinstance(entries, list):
+        return [f"litellm_users must be a list of users, got {type(entries).__name__}"]
+    problems: list[str] = []
+    seen_names: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        label = f"litellm_users[{index}]"
+        if isinstance(entry, dict) and entry.get("name"):
+            label += f" (user {entry['name']})"
+        if not isinstance(entry, dict):
+            problems.append(f"{label}: must be a mapping with name and key_sha256")
+            continue
+        unknown = sorted(set(entry) - INVENTORY_USER_FIELDS)
+        if unknown:
+            problems.append(f"{label}: unknown field(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(INVENTORY_USER_FIELDS))}")
+        candidate = dict(entry)
+        if "key" in candidate and "key_sha256" not in candidate:
+            candidate["key_sha256"] = hash_key(str(candidate["key"]))
+        try:
+            user = parse_user(candidate)
+        except BadEntry as err:
+            problems.append(f"{label}: {err}")
+            continue
+        if user.name in seen_names:
+            problems.append(f"{label}: the name {user.name} is used by an earlier entry")
+        seen_names.add(user.name)
+        if user.key_sha256 in seen_keys:
+            problems.append(f"{label}: has the same key as user {seen_keys[user.key_sha256]}")
+        seen_keys[user.key_sha256] = user.name
+    return problems
+
+
 def _log_bad_entry(index: int, entry: Any, err: BadEntry) -> None:
     name = entry.get("name") if isinstance(entry, dict) else None
     log.error("keys file: entry %d (user %r) refused, its key will get 401: %s", index, name, err)

@@ -18,14 +18,18 @@ UNAVAILABLE_CLASSES = frozenset({
     "APIConnectionError", "ServiceUnavailableError", "ConnectError", "ConnectionError", "RemoteProtocolError",
     "ReadError",
 })
-UNAVAILABLE_PHRASES = ("connection error", "connection refused", "all connection attempts failed",
+UNAVAILABLE_PHRASES = ("connection error", "connection refused", "all connection attempts failed", "cannot connect",
+                       "connect call failed",
                        "no deployments available", "cooldown", "server disconnected", "service unavailable")
 TIMEOUT_CLASSES = frozenset({"Timeout", "APITimeoutError", "ReadTimeout", "TimeoutError"})
+# Raised by LiteLLM's request checks on what the client sent (a field it refuses, say): the client's fault.
+REQUEST_CLASSES = frozenset({"ValueError", "TypeError", "KeyError", "JSONDecodeError", "ValidationError"})
 
 _LITELLM_PREFIX = re.compile(r"^(litellm\.)?[A-Za-z]+Error:\s*")
 _PROVIDER_PREFIX = re.compile(r"^[A-Za-z_]+Exception\s*-\s*")
 _ROUTER_NOTES = re.compile(r"\s*(Received Model Group|Available Model Group Fallbacks|LiteLLM Retried|"
-                           r"model_group=|Traceback \(most recent call last\)).*", re.S)
+                           r"model_group=|Traceback \(most recent call last\)|Clientside passthrough|"
+                           r"Relevant Issue).*", re.S)
 _URL = re.compile(r"https?://\S+")
 # "message": "..." in a JSON body, or 'message': '...' in a Python dict's text.
 _MESSAGE_FIELD = re.compile(r"""['"]message['"]\s*:\s*(?:"(?P<dq>(?:[^"\\]|\\.)*)"|'(?P<sq>(?:[^'\\]|\\.)*)')""")
@@ -66,6 +70,8 @@ def client_error(status: int | None, class_name: str, message: str, model: str |
                                 f"retry in {wait} s.", {"Retry-After": str(wait)})
     if class_name in TIMEOUT_CLASSES or status in (408, 504):
         return ClientError(504, f"Model {alias} did not answer in time; retry later or ask for fewer tokens.")
+    if status is None and class_name in REQUEST_CLASSES:
+        return ClientError(400, upstream_sentence(message) or "The request is not valid for this API.")
     if status is None or status >= 500:
         return ClientError(502, f"Model {alias} failed to answer this request; the operators can find it in "
                                 "the gateway's log.")

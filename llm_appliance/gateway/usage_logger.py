@@ -41,8 +41,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the gateway's venv has it; nothing here needs it at run time
     from litellm.proxy._types import UserAPIKeyAuth
 
-from llm_appliance.gateway.errors import client_error
-
 log = logging.getLogger("llm_appliance.usage")
 
 # One usage_events row: each of COLUMNS to its value (JSON-shaped: it may go through a spool file).
@@ -529,7 +527,6 @@ class UsageLogger(_Base):
             # then, within the unit's stop timeout.
             atexit.register(writer.stop, 10.0)
         self.writer = writer
-        self.retry_after_s = int(os.environ.get("LLM_APPLIANCE_RETRY_AFTER_S", "30"))
 
     def _record(self, kwargs: dict[str, Any], start_time: object, end_time: object, failed: bool,
                 error: BaseException | None = None) -> None:
@@ -551,11 +548,10 @@ class UsageLogger(_Base):
 
     async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: BaseException,
                                            user_api_key_dict: UserAPIKeyAuth,
-                                           traceback_str: str | None = None) -> Any:
+                                           traceback_str: str | None = None) -> None:
         """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
         row too, under the key's user when the key is known (an expired or revoked one, say).
-        A failed model call is answered with a status and one line of our own (errors.py); the
-        returned HTTPException replaces LiteLLM's answer."""
+        What the client is told is the door's business (door.py), for every route alike."""
         try:
             from llm_appliance.gateway.auth import gate, key_hash_of
 
@@ -567,22 +563,7 @@ class UsageLogger(_Base):
                 self.writer.put(row)
         except Exception:  # noqa: BLE001 - logging must never change the answer
             log.exception("usage row of a refused request dropped into the log")
-        return self.client_answer(request_data, original_exception)
-
-    def client_answer(self, request_data: dict[str, Any], error: BaseException) -> Any:
-        status = _status_of(error)
-        if type(error).__name__ in ("HTTPException", "ProxyException") and (status or 500) < 500:
-            return None  # the gateway's own refusals (and LiteLLM's limiter) say what they mean already
-        model = (request_data or {}).get("model")
-        answer = client_error(status, type(error).__name__, str(getattr(error, "message", None) or error),
-                              clean_text(model, 100) if model else None, self.retry_after_s)
-        if answer is None:
-            return None
-        log.warning("model call failed, client told %d: %s: %s", answer.status, type(error).__name__,
-                    str(error)[:500])
-        from fastapi import HTTPException
-
-        return HTTPException(status_code=answer.status, detail=answer.message, headers=answer.headers or None)
+        return None
 
 
 usage_logger = UsageLogger()

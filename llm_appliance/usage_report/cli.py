@@ -82,7 +82,7 @@ def cmd_report(args):
         report = build_report(connection, args.period, windows=windows, prices=prices,
                               prices_path=args.prices or "", monthly_cost=args.monthly_cost,
                               prometheus_url=args.prometheus_url, prometheus_query=args.prometheus_query,
-                              prometheus_step=args.prometheus_step)
+                              prometheus_step=args.prometheus_step, dead_letter_files=args.dead_letter or ())
     index = write_report(report, args.out)
     print("%s: %d requests; report in %s (%.1f s)" % (args.period, report["total_requests"], index,
                                                       time.monotonic() - started))
@@ -106,6 +106,8 @@ def build_parser():
     report.add_argument("--out", required=True, help="directory for index.html, the plots and tables")
     report.add_argument("--prices", help="JSON file of public API prices per million tokens")
     report.add_argument("--monthly-cost", type=float, help="the appliance's own monthly cost, same currency")
+    report.add_argument("--dead-letter", action="append", metavar="FILE",
+                        help="a gateway's dead-letter file of usage rows the database refused (repeatable)")
     report.add_argument("--burst-windows", default="6,60", help="burst windows in seconds (default 6,60)")
     report.add_argument("--prometheus-url", help="take GPU utilisation from this Prometheus (base URL, e.g. "
                         "http://prometheus:9090) instead of the stored samples")

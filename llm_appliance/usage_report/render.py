@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TABLES = ["requests_by_type", "daily_requests", "tokens_by_model", "daily_tokens", "users_by_type",
-          "per_user_counts", "latency_by_model", "rejected", "bursts", "gpu_utilisation", "gpu_daily_utilisation",
-          "public_api_cost"]
+          "per_user_counts", "latency_by_model", "rejected", "not_recorded", "bursts", "gpu_utilisation",
+          "gpu_daily_utilisation", "public_api_cost"]
 
 
 def _plain(value):
@@ -157,6 +157,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
 <h2>Bursts</h2>{bursts}<img src="bursts.png" alt="Bursts">
 <h2>Latency and errors</h2>{latency}
 <h2 id="rejected">Refused at the gateway</h2>{rejected}
+<h2 id="not-recorded">Requests not recorded</h2>{not_recorded}
 <h2 id="gpu">GPU utilisation</h2>{gpu}
 {cost}
 </body></html>
@@ -167,7 +168,11 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
            median=per_user_summary["median_requests"], top10=per_user_summary["top10_share_pct"],
            bursts=_table_html(report["bursts"], ["window_s", "max_requests", "p50", "p90", "p99"]),
            latency=_table_html(report["latency_by_model"]),
-           rejected=_table_html(report["rejected"]) if report["rejected"] else "<p>None.</p>", gpu=gpu, cost=cost)
+           rejected=_table_html(report["rejected"]) if report["rejected"] else "<p>None.</p>",
+           not_recorded=(_table_html(report["not_recorded"]) + "<p>Usage rows the database refused for their "
+                         "content; the gateway kept them, with the reason, in these files.</p>"
+                         if report["not_recorded"] else "<p>None: every request became a usage row.</p>"),
+           gpu=gpu, cost=cost)
     with open(os.path.join(directory, "index.html"), "w", encoding="utf-8") as handle:
         handle.write(page)
     return os.path.join(directory, "index.html")

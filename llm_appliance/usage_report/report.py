@@ -1,7 +1,9 @@
 """Builds the report's tables for one period from PostgreSQL."""
 import calendar
 import datetime as dt
+import json
 import re
+from pathlib import Path
 
 from llm_appliance.usage_report import queries
 from llm_appliance.usage_report.prices import price_tokens
@@ -56,8 +58,30 @@ def _rows(cursor, sql, params):
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def dead_letter_counts(paths, start, end):
+    """Usage rows the database refused for their content, quarantined by the gateway in its
+    dead-letter files (JSON lines), counted by file and kind of refusal for the period."""
+    counts = {}
+    for path in paths:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            continue  # no row was ever refused there
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                when = dt.datetime.fromisoformat(entry["quarantined_at"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if start <= when < end:
+                kind = str(entry.get("reason", "")).split(":", 1)[0] or "unknown"
+                counts[(str(path), kind)] = counts.get((str(path), kind), 0) + 1
+    return [{"file": path, "refusal": kind, "rows": rows} for (path, kind), rows in sorted(counts.items())]
+
+
 def build_report(connection, period, *, windows=(6, 60), prices=None, prices_path="", monthly_cost=None,
-                 timezone="UTC", prometheus_url=None, prometheus_query=None, prometheus_step=None):
+                 timezone="UTC", prometheus_url=None, prometheus_query=None, prometheus_step=None,
+                 dead_letter_files=()):
     """The report's tables. GPU utilisation comes from Prometheus when prometheus_url is given,
     else from the samples stored in gpu_samples."""
     start, end = period_bounds(period)
@@ -79,6 +103,7 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
             "per_user_counts": _rows(cursor, queries.PER_USER_COUNTS, params),
             "latency_by_model": _rows(cursor, queries.LATENCY_BY_MODEL, params),
             "rejected": _rows(cursor, queries.REJECTED, params),
+            "not_recorded": dead_letter_counts(dead_letter_files, start, end),
             "bursts": [], "burst_histograms": {},
         }
         windows = tuple(dict.fromkeys(int(w) for w in windows))

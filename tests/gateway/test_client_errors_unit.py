@@ -19,6 +19,9 @@ INTERNALS = ("Exception", "Hosted_vllm", "127.0.0.1", "Model Group", "Traceback"
     (500, "InternalServerError", CONNECTION),
     (429, "RouterRateLimitError", COOLDOWN),
     (None, "APIConnectionError", "Connection refused"),
+    (500, "InternalServerError", "litellm.InternalServerError: InternalServerError: Hosted_vllmException - Cannot "
+     "connect to host 127.0.0.1:8001 ssl:<ssl.SSLContext object at 0x7f> [Connect call failed ('127.0.0.1', 8001)]. "
+     "Received Model Group=code"),
     (503, "ServiceUnavailableError", "upstream busy"),
 ])
 def test_a_model_that_is_down_is_503_with_retry_after_and_names_the_model(status, cls, message):
@@ -36,6 +39,12 @@ def test_other_failures_are_502_or_504_without_internals():
     assert slow.status == 504
     for answer in (broken, slow):
         assert not any(word in answer.message for word in INTERNALS)
+
+
+def test_a_request_litellm_refuses_is_400_without_its_configuration_advice():
+    answer = client_error(None, "ValueError", "Rejected Request: api_base is not allowed in request body. Clientside "
+                          "passthrough requires explicit admin opt-in via `general_settings...`", "code", 15)
+    assert (answer.status, answer.message) == (400, "Rejected Request: api_base is not allowed in request body.")
 
 
 def test_an_upstream_refusal_keeps_its_status_and_the_engines_sentence():

@@ -102,6 +102,26 @@ def test_refused_requests_are_counted_apart_from_traffic(database):
     assert report["rejected"] == [{"refused_as": "Unauthorized", "requests": 2, "known_users": 1}]
 
 
+def test_rows_the_database_refused_are_counted_from_the_dead_letter_files(database, tmp_path):
+    """The gateway's writer quarantines rows PostgreSQL refuses; the report says how many, per file and kind."""
+    from llm_appliance.gateway.usage_logger import DeadLetter
+
+    insert(database, [event(0, 0)])
+    letters = DeadLetter(tmp_path / "dead-letter.jsonl")
+    letters.add({"request_id": "x1"}, "DataError: PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    letters.add({"request_id": "x2"}, "DataError: invalid byte sequence")
+    letters.add({"request_id": "x3"}, "NotNullViolation: null value in column")
+    letters.add({"request_id": "x4"}, "DataError: quarantined in another month")
+    entries = [json.loads(line) for line in (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
+    for entry in entries:  # dated into the report's month, the last one just before it
+        entry["quarantined_at"] = "2026-03-31T23:59:59+00:00" if entry["row"]["request_id"] == "x4" \
+            else "2026-04-10T12:00:00+00:00"
+    (tmp_path / "dead-letter.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    report = report_for(database, dead_letter_files=[tmp_path / "dead-letter.jsonl", tmp_path / "absent.jsonl"])
+    assert [(r["refusal"], r["rows"]) for r in report["not_recorded"]] == [("DataError", 2), ("NotNullViolation", 1)]
+    assert report_for(database)["not_recorded"] == []
+
+
 def test_public_api_cost(database):
     insert(database, [event(0, 0, prompt=1_500_000, completion=400_000),
                       event(1, 1, prompt=500_000, completion=100_000)])

@@ -1,0 +1,118 @@
+"""The door in front of LiteLLM, driven as uvicorn drives an ASGI app: what it refuses is refused
+before the body is read and before LiteLLM sees it; LiteLLM's error answers leave in our words.
+(The molecule tests run it in front of the real LiteLLM.)"""
+
+import asyncio
+import json
+
+import pytest
+
+from llm_appliance.gateway import auth, door
+
+KEY = "sk-door-test"
+
+
+@pytest.fixture(autouse=True)
+def keys(tmp_path, monkeypatch):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"users": [{"name": "alice", "key_sha256": auth.hash_key(KEY)}]}))
+    monkeypatch.setattr(auth, "_gate", auth.Gate(auth.KeyStore(str(path))))
+    monkeypatch.setattr(door, "_record_refusal", lambda *args: None)
+
+
+class Upstream:
+    """Stands in for LiteLLM's app: reads the whole body, then answers as told."""
+
+    def __init__(self, status=200, body=b'{"ok": true}', chunks=1):
+        self.status, self.body, self.chunks = status, body, chunks
+        self.called = False
+        self.received = b""
+
+    async def __call__(self, scope, receive, send):
+        self.called = True
+        while True:
+            message = await receive()
+            self.received += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(b"content-type", b"application/json")]})
+        step = max(1, len(self.body) // self.chunks)
+        parts = [self.body[i:i + step] for i in range(0, len(self.body), step)] or [b""]
+        for index, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
+
+
+def call(app, path="/v1/completions", key=KEY, body=b'{"model": "code", "prompt": "x"}', method="POST",
+         content_length=True, body_reads=None):
+    headers = [(b"content-type", b"application/json")]
+    if key:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    if content_length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)] or [b""]
+    sent = []
+
+    async def receive():
+        if body_reads is not None:
+            body_reads.append(1)
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_bad_key_is_refused_without_reading_the_body_or_calling_litellm():
+    upstream, reads = Upstream(), []
+    status, headers, body = call(door.Door(upstream, 1000), key="sk-wrong", body=b"x" * 5000, body_reads=reads)
+    assert status == 401 and json.loads(body)["error"]["message"] == "Invalid API key."
+    assert not upstream.called and reads == []
+    assert call(door.Door(upstream, 1000), key=None)[0] == 401 and not upstream.called
+
+
+def test_a_route_not_offered_is_404_and_health_passes_without_a_key():
+    upstream = Upstream()
+    assert call(door.Door(upstream, 1000), path="/key/generate")[0] == 404 and not upstream.called
+    assert call(door.Door(upstream, 1000), path="/health/liveliness", key=None, method="GET")[0] == 200
+
+
+def test_bodies_over_the_cap_are_413_declared_or_streamed():
+    upstream, reads = Upstream(), []
+    assert call(door.Door(upstream, 1000), body=b"x" * 1001, body_reads=reads)[0] == 413
+    assert not upstream.called and reads == []
+    status, _, body = call(door.Door(Upstream(), 2500), body=b"x" * 5000, content_length=False)
+    assert status == 413 and b"larger than" in body
+
+
+def test_a_good_request_passes_unchanged():
+    upstream = Upstream(body=b"data: 1\n\n" * 50, chunks=50)
+    status, _, body = call(door.Door(upstream, 10_000))
+    assert status == 200 and body == b"data: 1\n\n" * 50
+    assert upstream.received == b'{"model": "code", "prompt": "x"}'
+
+
+def test_an_engine_that_is_down_becomes_503_with_retry_after_naming_the_model():
+    litellm_answer = json.dumps({"error": {
+        "message": "litellm.InternalServerError: InternalServerError: OpenAIException - Connection error.. "
+                   "Received Model Group=code\nAvailable Model Group Fallbacks=None",
+        "type": None, "param": None, "code": "500"}}).encode()
+    status, headers, body = call(door.Door(Upstream(500, litellm_answer, chunks=3), 10_000, retry_after_s=12))
+    error = json.loads(body)["error"]
+    assert status == 503 and headers[b"retry-after"] == b"12"
+    assert error["message"].startswith("Model code is not available right now")
+    assert "litellm" not in body.decode() and "Exception" not in body.decode()
+    assert int(headers[b"content-length"]) == len(body)
+
+
+def test_the_gateways_own_refusals_keep_their_words():
+    answer = json.dumps({"error": {"message": "Key of user bob may not use model 'code'; allowed: chat.",
+                                   "type": "auth_error", "param": "None", "code": "403"}}).encode()
+    status, _, body = call(door.Door(Upstream(403, answer), 10_000))
+    assert status == 403 and json.loads(body)["error"]["message"] == "Key of user bob may not use model 'code'; " \
+        "allowed: chat."
