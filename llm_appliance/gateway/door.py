@@ -17,6 +17,7 @@ Environment: LLM_APPLIANCE_MAX_BODY_MB (the cap, 8), LLM_APPLIANCE_RETRY_AFTER_S
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -62,6 +63,9 @@ def rewrite_error(status: int, body: bytes, model: str | None, retry_after_s: in
     answer = client_error(status, found.group(1) if found else "", message, model, retry_after_s)
     if answer is None:
         return status, body, ()
+    if answer.status >= 500 or answer.status != status:
+        # The client gets one line; the operator keeps LiteLLM's own words.
+        log.warning("answered %d instead of %d: %s", answer.status, status, message[:1000])
     kind = error.get("type") if isinstance(error, dict) and answer.status < 500 else None
     payload = {"error": {"message": answer.message, "type": kind or _kind_of(answer.status), "param": None,
                          "code": str(answer.status)}}
@@ -112,6 +116,9 @@ class Door:
         self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.inner(scope, receive, self._flushing_at_shutdown(send))
+            return
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             await self.inner(scope, receive, send)
             return
@@ -133,6 +140,23 @@ class Door:
             await _answer(send, 413, self._too_large(), "invalid_request_error")
             return
         await self._pass(scope, receive, send)
+
+    @staticmethod
+    def _flushing_at_shutdown(send: Send) -> Send:
+        """After LiteLLM's own shutdown, the usage rows still queued are written before the process
+        ends. (uvicorn re-raises SIGTERM once it has stopped, so atexit handlers never run.)"""
+
+        async def send_after_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                try:
+                    from llm_appliance.gateway.usage_logger import usage_logger
+
+                    await asyncio.to_thread(usage_logger.writer.stop, 10.0)
+                except Exception:  # noqa: BLE001 - the shutdown goes on whatever happens here
+                    log.exception("usage rows not flushed at shutdown")
+            await send(message)
+
+        return send_after_flush
 
     def _too_large(self) -> str:
         return f"The request body is larger than {self.max_body_bytes // 2**20} MB, the most this API takes."

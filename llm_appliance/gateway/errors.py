@@ -70,7 +70,8 @@ def client_error(status: int | None, class_name: str, message: str, model: str |
                                 f"retry in {wait} s.", {"Retry-After": str(wait)})
     if class_name in TIMEOUT_CLASSES or status in (408, 504):
         return ClientError(504, f"Model {alias} did not answer in time; retry later or ask for fewer tokens.")
-    if status is None and class_name in REQUEST_CLASSES:
+    # LiteLLM's checks of the request body answer 500 with this sentence: the client's fault.
+    if (status is None and class_name in REQUEST_CLASSES) or message.startswith("Rejected Request:"):
         return ClientError(400, upstream_sentence(message) or "The request is not valid for this API.")
     if status is None or status >= 500:
         return ClientError(502, f"Model {alias} failed to answer this request; the operators can find it in "

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the gateway's venv has it; nothing here needs it at run time
     from litellm.proxy._types import UserAPIKeyAuth
 
+from llm_appliance.gateway.errors import REQUEST_CLASSES, upstream_sentence
+
 log = logging.getLogger("llm_appliance.usage")
 
 # One usage_events row: each of COLUMNS to its value (JSON-shaped: it may go through a spool file).
@@ -523,8 +525,8 @@ class UsageLogger(_Base):
                 queue_max=int(env("LLM_APPLIANCE_USAGE_QUEUE_MAX", "10000")),
                 metrics_file=env("LLM_APPLIANCE_METRICS_FILE") or None,
             )
-            # uvicorn returns on SIGTERM and the interpreter exits: rows still queued are written
-            # then, within the unit's stop timeout.
+            # The door flushes the queue at the end of the ASGI lifespan (door.py); atexit covers a
+            # process that ends otherwise (uvicorn re-raises SIGTERM, so it does not run then).
             atexit.register(writer.stop, 10.0)
         self.writer = writer
 
@@ -548,10 +550,11 @@ class UsageLogger(_Base):
 
     async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: BaseException,
                                            user_api_key_dict: UserAPIKeyAuth,
-                                           traceback_str: str | None = None) -> None:
+                                           traceback_str: str | None = None) -> Any:
         """Requests refused at the door (bad key 401, model not allowed 403, over a limit 429) get a
         row too, under the key's user when the key is known (an expired or revoked one, say).
-        What the client is told is the door's business (door.py), for every route alike."""
+        What the client is told is the door's business (door.py), but for a request LiteLLM's own
+        checks refused (request_refusal)."""
         try:
             from llm_appliance.gateway.auth import gate, key_hash_of
 
@@ -563,7 +566,18 @@ class UsageLogger(_Base):
                 self.writer.put(row)
         except Exception:  # noqa: BLE001 - logging must never change the answer
             log.exception("usage row of a refused request dropped into the log")
+        return request_refusal(original_exception)
+
+
+def request_refusal(error: BaseException) -> Any:
+    """LiteLLM's own checks of a request body (a field it refuses) raise a plain ValueError, which
+    its auth path turns into "500 Internal server error": the client's fault, so a 400 with the
+    sentence. The auth path takes the exception returned here; all else is the door's business."""
+    if _status_of(error) is not None or type(error).__name__ not in REQUEST_CLASSES:
         return None
+    from fastapi import HTTPException
+
+    return HTTPException(status_code=400, detail=upstream_sentence(str(error)) or "The request is not valid.")
 
 
 usage_logger = UsageLogger()

@@ -45,6 +45,9 @@ def test_a_request_litellm_refuses_is_400_without_its_configuration_advice():
     answer = client_error(None, "ValueError", "Rejected Request: api_base is not allowed in request body. Clientside "
                           "passthrough requires explicit admin opt-in via `general_settings...`", "code", 15)
     assert (answer.status, answer.message) == (400, "Rejected Request: api_base is not allowed in request body.")
+    as_answered = client_error(500, "", "Rejected Request: api_base is not allowed in request body. Clientside "
+                               "passthrough requires explicit admin opt-in", "code", 15)
+    assert (as_answered.status, as_answered.message) == (400, answer.message)
 
 
 def test_an_upstream_refusal_keeps_its_status_and_the_engines_sentence():

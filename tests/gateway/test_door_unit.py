@@ -116,3 +116,29 @@ def test_the_gateways_own_refusals_keep_their_words():
     status, _, body = call(door.Door(Upstream(403, answer), 10_000))
     assert status == 403 and json.loads(body)["error"]["message"] == "Key of user bob may not use model 'code'; " \
         "allowed: chat."
+
+
+def test_queued_usage_rows_are_flushed_when_the_lifespan_ends(monkeypatch):
+    from llm_appliance.gateway import usage_logger as ul
+
+    stopped = []
+    monkeypatch.setattr(ul.usage_logger, "writer", type("W", (), {"stop": lambda self, t: stopped.append(t)})())
+
+    async def litellm_lifespan(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append((message["type"], list(stopped)))
+
+    asyncio.run(door.Door(litellm_lifespan, 1000)({"type": "lifespan"}, receive, send))
+    # Flushed before the server is told the shutdown is complete (it exits right after).
+    assert sent == [("lifespan.startup.complete", []), ("lifespan.shutdown.complete", [10.0])]

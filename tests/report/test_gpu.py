@@ -4,11 +4,15 @@ import contextlib
 import datetime as dt
 import http.server
 import json
+import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import urllib.parse
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -105,6 +109,22 @@ def test_sample_gpus_stores_one_row_per_gpu_now(database, tmp_path):
     assert [row[1:] for row in rows] == [("node-a", 0, 23.0, 40537), ("node-a", 1, None, 19830),
                                          ("node-a", 2, 5.0, None)]
     assert len({row[0] for row in rows}) == 1 and before <= rows[0][0] <= after
+
+
+def test_the_database_password_stays_off_the_command_line(database, tmp_path):
+    """As the timer's unit runs it: the DSN in USAGE_REPORT_DSN; what every local user can read in ps
+    (the sampler's command line, recorded by the stand-in nvidia-smi it starts) holds no password."""
+    nvidia_smi = tmp_path / "nvidia-smi"
+    nvidia_smi.write_text("#!/bin/sh\ntr '\\0' ' ' < /proc/$PPID/cmdline > %s/seen-in-ps\n"
+                          "echo '0, 5, 100'\n" % tmp_path)
+    nvidia_smi.chmod(0o755)
+    secret = "s3cret-kept-out-of-ps"
+    result = subprocess.run([str(Path(sys.executable).with_name("appliance-report")), "sample-gpus", "--host", "node-a",
+                             "--nvidia-smi", str(nvidia_smi)], capture_output=True, text=True, check=False, timeout=60,
+                            env=dict(os.environ, USAGE_REPORT_DSN=database + " password=" + secret))
+    assert result.returncode == 0, result.stderr
+    seen = (tmp_path / "seen-in-ps").read_text()
+    assert "sample-gpus" in seen and secret not in seen and "dbname" not in seen
 
 
 def test_sample_gpus_without_nvidia_smi_is_one_line(database, tmp_path):

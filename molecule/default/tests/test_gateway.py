@@ -1,6 +1,7 @@
 """The gateway on the appliance: LiteLLM instances hardened on loopback, demo keys through to the
 tiny vLLM model, 401/403/429 paths, one usage row per request in PostgreSQL, nothing lost while
 PostgreSQL is down."""
+import hashlib
 import json
 import time
 import uuid
@@ -15,6 +16,8 @@ KEYS = {
     "revoked": "sk-demo-revoked-0123456789",
 }
 PORTS = (4000, 4001)
+# The chat UI's service key, from the demo vault (vault_open_webui_gateway_key).
+OPEN_WEBUI_KEY = "sk-demo-open-webui-service-key"
 PSQL = "PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance -At -c"
 
 
@@ -62,10 +65,17 @@ def test_listens_only_on_loopback(host):
         assert sockets == {f"tcp://127.0.0.1:{port}"}, sockets
 
 
-def test_keys_file_is_private(host):
+def test_keys_file_is_private_and_holds_only_hashes(host):
+    """The chat's service key is given to the role in clear (vault_open_webui_gateway_key): the file
+    has its hash only, and no one outside the gateway's group reads it."""
     keys = host.file("/etc/llm-appliance/litellm/keys.json")
     assert keys.mode == 0o640 and keys.user == "root" and keys.group == "llm-appliance"
-    assert "sk-demo-alice" not in keys.content_string
+    users = json.loads(keys.content_string)["users"]
+    service = next(u for u in users if u["name"] == "open-webui")
+    assert service["key_sha256"] == hashlib.sha256(OPEN_WEBUI_KEY.encode()).hexdigest()
+    assert OPEN_WEBUI_KEY not in keys.content_string
+    assert all(set(u) >= {"name", "key_sha256"} and "key" not in u for u in users)
+    assert host.run("runuser -u nobody -- cat /etc/llm-appliance/litellm/keys.json").rc != 0
 
 
 @pytest.mark.parametrize("instance", [1, 2])

@@ -1,0 +1,212 @@
+"""The gateway and the edge against an attacker and a careless operator: accounting one request
+cannot stop, a bad keys entry that refuses only itself, the key checked before the body, only the
+offered routes and models, limits that hold with Redis stopped, rows flushed when an instance
+stops, a model that is down answering 503, and nginx's limits for traffic without a key."""
+import json
+import time
+import uuid
+
+import pytest
+from test_gateway import KEYS, PORTS, PSQL, chat, completion, post, usage_rows
+
+API = "api.demo.internal"
+CA = "/etc/llm-appliance/edge-ca/ca.crt"
+KEYS_FILE = "/etc/llm-appliance/litellm/keys.json"
+SPOOL = "/var/lib/llm-appliance/litellm/spool"
+
+
+def raw(host, port, data, headers=(), path="/v1/completions", timeout=60):
+    """curl with a body file or string; returns (status, headers text, body)."""
+    head = " ".join("-H %s" % json.dumps(h) for h in headers)
+    cmd = host.run("curl -sS -D /tmp/hd-head -o /tmp/hd-body -w '%%{http_code}' --max-time %d %s "
+                   "--data-binary %s http://127.0.0.1:%d%s" % (timeout, head, data, port, path))
+    return (int(cmd.stdout or 0), host.run("cat /tmp/hd-head").stdout, host.run("cat /tmp/hd-body").stdout)
+
+
+def wait_for(predicate, timeout, step=1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+# --- 1. One request cannot stop the accounting.
+
+def test_a_keyless_request_with_a_nul_in_its_model_does_not_stop_accounting(host):
+    body = json.dumps({"model": "co\u0000de" + "x" * 100_000, "prompt": "x"})
+    host.run("cat > /tmp/nul-body <<'EOF'\n%s\nEOF" % body)
+    assert raw(host, PORTS[0], "@/tmp/nul-body", ["Content-Type: application/json"])[0] == 401
+    agent = "molecule-after-nul-%s" % uuid.uuid4().hex[:8]
+    assert post(host, "/v1/completions", KEYS["alice"], completion(), agent)[0] == 200
+    rows = usage_rows(host, agent, 1, timeout=30)
+    assert len(rows) == 1, rows
+    assert host.run("ls %s/*.jsonl" % SPOOL).rc != 0, "rows are waiting in the spool"
+    longest = host.run(PSQL + " %s", "SELECT coalesce(max(length(model_alias)), 0) FROM usage_events").stdout
+    assert int(longest) <= 200
+
+
+# --- 2. A bad entry in the keys file refuses only itself.
+
+def test_a_bad_keys_entry_is_refused_alone_and_a_revocation_beside_it_applies(host):
+    saved = host.run("cp -p %s /tmp/keys.json.saved" % KEYS_FILE)
+    assert saved.rc == 0
+    try:
+        edit = (
+            "import json, hashlib; p = %r; d = json.load(open(p));"
+            "[u.update(revoked=True) for u in d['users'] if u['name'] == 'demo-bob'];"
+            "d['users'].append({'name': 'typo', 'key_sha256': hashlib.sha256(b'sk-typo').hexdigest(),"
+            " 'expires': '31.12.2026'});"
+            "open(p, 'w').write(json.dumps(d))" % KEYS_FILE)
+        assert host.run("python3 -c %s", edit).rc == 0
+        for port in PORTS:
+            assert post(host, "/v1/chat/completions", KEYS["bob"], chat(), port=port)[0] == 401
+            assert post(host, "/v1/chat/completions", KEYS["alice"], chat(), port=port)[0] == 200
+        journal = host.run("journalctl -u litellm@1 --since -2min --no-pager").stdout
+        assert "entry" in journal and "'typo'" in journal and "expires must be a date" in journal
+    finally:
+        host.run("cp -p /tmp/keys.json.saved %s" % KEYS_FILE)
+    assert post(host, "/v1/chat/completions", KEYS["bob"], chat())[0] == 200
+
+
+# --- 3 and 6. The key before the body; only offered routes, every reachable model, no client routing.
+
+def test_a_bad_key_is_refused_before_a_large_body_is_read(host):
+    host.run("head -c 7000000 /dev/zero | tr '\\0' a > /tmp/big-body")
+    status, _, body = raw(host, PORTS[0], "@/tmp/big-body", ["Authorization: Bearer sk-nobody"])
+    assert status == 401 and "Invalid API key" in body
+    row = host.run(PSQL + " %s", "SELECT coalesce(length(model_alias), 0) FROM usage_events WHERE status = 'rejected' "
+                   "ORDER BY id DESC LIMIT 1").stdout.strip()
+    assert row == "0", "the refused request's body was read for its model"
+
+
+def test_bodies_over_the_cap_are_413(host):
+    host.run("head -c 9000000 /dev/zero | tr '\\0' a > /tmp/huge-body")
+    status, _, body = raw(host, PORTS[0], "@/tmp/huge-body", ["Authorization: Bearer %s" % KEYS["alice"]])
+    assert status == 413 and "larger than 8 MB" in body
+    cmd = host.run("curl -sS -o /tmp/edge-413 -w '%%{http_code}' --cacert %s --resolve %s:443:127.0.0.1 "
+                   "-H 'Authorization: Bearer %s' --data-binary @/tmp/huge-body https://%s/v1/completions",
+                   CA, API, KEYS["alice"], API)
+    assert cmd.stdout == "413" and "larger than 8m" in host.file("/tmp/edge-413").content_string
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/key/generate", "/openai/deployments/code/chat/completions",
+                                  "/v1/responses", "/engines/code/completions"])
+def test_routes_the_appliance_does_not_offer_are_404(host, path):
+    status, body = post(host, path, KEYS["alice"], completion())
+    assert status == 404, body
+
+
+@pytest.mark.parametrize("extra", [{"fallbacks": ["code"]}, {"model": "chat,code"},
+                                   {"context_window_fallbacks": [{"chat": ["code"]}]}])
+def test_a_model_reached_through_routing_fields_is_checked(host, extra):
+    status, body = post(host, "/v1/chat/completions", KEYS["bob"], dict(chat(), **extra))
+    assert status == 403 and "may not use model 'code'" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("extra", [{"api_base": "http://10.0.0.1/v1"}, {"mock_response": "hi"}, {"model": None}])
+def test_fields_no_client_may_set_are_400(host, extra):
+    status, body = post(host, "/v1/chat/completions", KEYS["alice"], {k: v for k, v in dict(chat(), **extra).items()
+                                                                    if v is not None})
+    assert status == 400, body
+    assert "Clientside passthrough" not in json.dumps(body)
+
+
+# --- 8 and 17. Redis: a password, and limits that hold while it is stopped.
+
+def test_redis_requires_its_password(host):
+    assert "NOAUTH" in host.run("redis-cli -h 127.0.0.1 ping").stdout
+    assert host.run("REDISCLI_AUTH=demo-redis-password redis-cli -h 127.0.0.1 ping").stdout.strip() == "PONG"
+
+
+def test_with_redis_stopped_a_key_stays_within_its_limit(host):
+    """demo-limited has 3 requests per minute; two instances. With Redis up both share one count; with
+    Redis stopped each takes its share (3 // 2 = 1), so the key gets 2, not 6 as before."""
+    time.sleep(61)  # a fresh minute for the limited key
+    up = [post(host, "/v1/completions", KEYS["limited"], completion(), port=PORTS[i % 2])[0] for i in range(6)]
+    assert up.count(200) == 3, up
+    time.sleep(61)
+    host.run("systemctl stop redis-server")
+    try:
+        down = [post(host, "/v1/completions", KEYS["limited"], completion(), port=PORTS[i % 2])[0]
+                for i in range(6)]
+    finally:
+        host.run("systemctl start redis-server")
+    print("rpm 3, two instances, Redis stopped: %d of 6 requests allowed" % down.count(200))
+    assert down.count(200) == 2 and down.count(429) == 4, down
+    journal = host.run("journalctl -u litellm@1 --since -2min --no-pager").stdout
+    assert "Redis unreachable" in journal
+
+
+# --- 7. Rows queued when an instance stops are written, not lost.
+
+def test_rows_queued_at_stop_are_flushed(host):
+    agent = "molecule-stop-%s" % uuid.uuid4().hex[:8]
+    try:
+        # The requests and the stop in one shell: the rows are still in the writer's queue at SIGTERM.
+        body = json.dumps(completion())
+        loop = "; ".join(["curl -s -o /dev/null -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' "
+                          "-A %s -d '%s' http://127.0.0.1:%d/v1/completions" % (KEYS["alice"], agent, body, PORTS[0])]
+                         * 4)
+        assert host.run("%s; systemctl stop litellm@1" % loop).rc == 0
+        rows = usage_rows(host, agent, 4, timeout=20)
+        assert len(rows) == 4, rows
+    finally:
+        host.run("systemctl start litellm@1")
+        wait_for(lambda: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % PORTS[0]).rc == 0,
+                 120)
+
+
+def test_the_writer_publishes_its_counters(host):
+    text = host.run("cat /var/lib/llm-appliance/litellm/metrics/usage-writer-1.prom").stdout
+    assert "llm_appliance_usage_spool_bytes" in text and "llm_appliance_usage_rows_dead_letter_total 0" in text
+
+
+# --- 16. A model that is down answers 503 with Retry-After, in the appliance's words.
+
+def test_a_model_that_is_down_answers_503_with_retry_after(host):
+    host.run("systemctl stop vllm-tiny-code")
+    try:
+        for stream in (False, True):
+            status, headers, body = raw(host, PORTS[0], "'%s'" % json.dumps(completion(stream=stream)),
+                                        ["Authorization: Bearer %s" % KEYS["alice"], "Content-Type: application/json"])
+            assert status == 503, body
+            assert "retry-after: 30" in headers.lower()
+            assert json.loads(body)["error"]["message"].startswith("Model code is not available right now")
+            for internal in ("litellm", "Exception", "127.0.0.1", "Model Group", "Traceback"):
+                assert internal not in body
+    finally:
+        host.run("systemctl start vllm-tiny-code")
+    assert wait_for(lambda: post(host, "/v1/completions", KEYS["alice"], completion())[0] == 200, 300, step=5)
+
+
+# --- 3. nginx: per-address limits, tighter for requests without a key; its own answers in JSON.
+
+def edge(host, count, auth_header):
+    header = "-H 'Authorization: %s'" % auth_header if auth_header else ""
+    cmd = host.run("for i in $(seq %d); do curl -s -o /dev/null -w '%%{http_code}\\n' --cacert %s "
+                   "--resolve %s:443:127.0.0.1 %s https://%s/v1/models; done" % (count, CA, API, header, API))
+    return [int(code) for code in cmd.stdout.split()]
+
+
+def test_nginx_limits_requests_without_a_key(host):
+    keyless = edge(host, 30, "")
+    assert 429 in keyless and keyless.count(401) <= 12, keyless
+    time.sleep(2)
+    with_a_key = edge(host, 30, "Bearer %s" % KEYS["alice"])
+    assert with_a_key == [200] * 30, with_a_key
+
+
+def test_no_gateway_instance_answers_503_json(host):
+    host.run("systemctl stop litellm@1 litellm@2")
+    try:
+        cmd = host.run("curl -sS -D - -o /tmp/edge-503 --cacert %s --resolve %s:443:127.0.0.1 -H 'Authorization: "
+                       "Bearer %s' https://%s/v1/models", CA, API, KEYS["alice"], API)
+        assert " 503" in cmd.stdout.splitlines()[0] and "retry-after: 10" in cmd.stdout.lower()
+        assert "not available right now" in json.loads(host.file("/tmp/edge-503").content_string)["error"]["message"]
+    finally:
+        host.run("systemctl start litellm@1 litellm@2")
+        for port in PORTS:
+            wait_for(lambda p=port: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % p).rc
+                     == 0, 120)
