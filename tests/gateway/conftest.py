@@ -206,8 +206,10 @@ def gateway(vllm, postgres):
     )
     env.pop("DATABASE_URL", None)
     with open(log, "w") as output:   # the proxy writes to its own copy of the descriptor
-        proc = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
-                                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        # As the unit runs it: LiteLLM behind the appliance's door, its configuration from CONFIG_FILE_PATH.
+        env["CONFIG_FILE_PATH"] = str(config)
+        proc = subprocess.Popen([python, "-m", "uvicorn", "llm_appliance.gateway.door:app",
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-access-log"],
                                 stdout=output, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc=proc, log=log)
