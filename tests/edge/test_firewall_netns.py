@@ -1,10 +1,12 @@
 """The firewall role's ruleset, loaded for real into a private network namespace (never into
 this machine's own): ssh and https only from the configured networks, nothing else."""
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -39,8 +41,11 @@ def sh(*args, check=True):
 
 @pytest.fixture()
 def namespace(render):
+    # `nobody` stands for a service's user: its connections out may reach 10.199.71.0/24 only.
     out = render(firewall_ssh_networks=["10.199.71.1/32", "2001:db8::1/128"],
-                 firewall_https_networks=["10.199.71.0/24", "2001:db8::/64"])
+                 firewall_https_networks=["10.199.71.0/24", "2001:db8::/64"],
+                 firewall_service_users=["nobody", "no-such-service-user"],
+                 firewall_service_egress_networks=["10.199.71.0/24"])
     ruleset = out / "llm-appliance.nft"
     if "10.199.7" in sh("ip", "-4", "addr").stdout + sh("ip", "-4", "route").stdout:
         pytest.skip("this machine already uses 10.199.7x.0/24")
@@ -104,6 +109,59 @@ def test_ssh_from_admin_networks_only(namespace):
 def test_every_other_port_is_dropped(namespace, port):
     assert not reachable(ALLOWED, NS_ALLOWED, port)
     assert not reachable(OTHER, NS_OTHER, port)
+
+
+@pytest.fixture()
+def outside_listener(namespace):
+    """A listener on this side of the veth pair, at both addresses: what the appliance may call out to."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                server.accept()[0].close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def connects_out(user, destination, port):
+    """From inside the appliance's namespace, as this user (the distribution's python: the venv's may
+    lie where other users cannot enter)."""
+    probe = sh("ip", "netns", "exec", NS, "runuser", "-u", user, "--", "/usr/bin/python3", "-c",
+               "import socket; socket.create_connection((%r, %d), 2); print('ok')" % (destination, port),
+               check=False)
+    return probe.stdout.strip() == "ok"
+
+
+def test_services_reach_only_the_site_networks(outside_listener):
+    assert connects_out("nobody", ALLOWED, outside_listener)
+    assert not connects_out("nobody", OTHER, outside_listener)
+    chain = sh("ip", "netns", "exec", NS, "nft", "list", "chain", "inet", "llm_appliance", "output").stdout
+    dropped = re.search(r"counter packets (\d+) bytes \d+ drop comment \"service egress outside the site\"", chain)
+    assert dropped and int(dropped.group(1)) > 0, chain
+
+
+def test_the_host_itself_is_not_restricted_outward(outside_listener):
+    assert connects_out("root", OTHER, outside_listener)
+    assert connects_out("root", ALLOWED, outside_listener)
+
+
+def test_a_user_that_is_not_on_the_host_is_named_and_skipped(namespace):
+    text = namespace.read_text()
+    assert "(not on this host: no-such-service-user)" in text
+    assert "elements = { 65534 }" in text
 
 
 def test_loopback_inside_the_host_stays_open(namespace):
