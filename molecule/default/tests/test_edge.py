@@ -143,11 +143,16 @@ def test_port_80_redirects_to_https(host):
     assert cmd.stdout == "301 https://%s/x" % CHAT
 
 
-def test_ca_handed_back_to_the_controller(host):
+def test_the_ca_lives_on_the_controller_and_only_its_certificate_on_the_host(host):
     on_host = host.file(CA)
     assert on_host.mode == 0o644
-    assert host.file("/etc/llm-appliance/edge-ca/ca.key").mode == 0o600
+    assert host.run("ls /etc/llm-appliance/edge-ca").stdout.split() == ["ca.crt"]
+    assert host.run("find / -xdev -name ca.key -path '*edge*' 2>/dev/null").stdout.strip() == ""
     assert (ROOT / "build" / "edge" / "demo-ca.crt").read_text() == on_host.content_string
+    controller_key = ROOT / "build" / "ca" / "demo" / "ca.key"
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in controller_key.read_text()
+    constraints = host.run("openssl x509 -in %s -noout -ext nameConstraints", CA).stdout
+    assert "Permitted" in constraints and "DNS:demo.internal" in constraints
 
 
 def test_server_certificate_names_and_key(host):
