@@ -69,6 +69,8 @@ class User:
     expires: dt.date | None = None
     revoked: bool = False
     forwards_user: bool = False
+    # For a forwarding service key: requests per minute of each person it acts for.
+    per_person_rpm: int | None = None
 
     def expired(self, today: dt.date | None = None) -> bool:
         today = today or dt.datetime.now(dt.UTC).date()
@@ -144,6 +146,7 @@ def parse_user(entry: Any) -> User:
         expires=expires or None,
         revoked=_flag(entry.get("revoked")),
         forwards_user=_flag(entry.get("forwards_user")),
+        per_person_rpm=_int_or_none(entry.get("per_person_rpm"), "per_person_rpm"),
     )
 
 
@@ -164,7 +167,7 @@ def parse_users(document: dict[str, Any], on_bad: Callable[[int, Any, BadEntry],
 
 
 INVENTORY_USER_FIELDS = frozenset({"name", "key", "key_sha256", "models", "rpm", "tpm", "max_parallel_requests",
-                                   "expires", "revoked", "forwards_user"})
+                                   "expires", "revoked", "forwards_user", "per_person_rpm"})
 
 
 def inventory_user_problems(entries: Any) -> list[str]:
@@ -439,19 +442,30 @@ class Gate:
                     f"Key of user {user.name} may not use model {model[:100]!r}; allowed: {', '.join(user.models)}."
                 )
 
-    async def check(self, api_key: str | None, method: str, path: str, body: Any) -> User:
+    async def check(self, api_key: str | None, method: str, path: str, body: Any,
+                    headers: Mapping[str, str] | None = None) -> User:
         user = self.authenticate(api_key)
-        await self.admit(user, method, path, body)
+        await self.admit(user, method, path, body, headers)
         return user
 
-    async def admit(self, user: User, method: str, path: str, body: Any) -> None:
+    async def admit(self, user: User, method: str, path: str, body: Any,
+                    headers: Mapping[str, str] | None = None) -> None:
         """After the key (a request without a valid key is refused before its body is read): the
-        route, every model the body can reach, and the key's rate."""
-        if route_kind(method, path) == "inference":
+        route, every model the body can reach, the key's rate, and for a service that acts for
+        people (the chat), each person's rate, so one heavy user cannot use up everyone's."""
+        inference = route_kind(method, path) == "inference"
+        if inference:
             if not isinstance(body, dict):
                 raise BadRequest400("The request body must be a JSON object.")
             self.authorize(user, requested_models(body))
         await self.limits.hit_rpm(user.key_sha256, user.rpm)
+        person = recorded_user(user, headers) if user.forwards_user else user.name
+        if inference and user.per_person_rpm and person != user.name:
+            try:
+                await self.limits.hit_rpm(f"{user.key_sha256}:{hash_key(person)}", user.per_person_rpm)
+            except TooMany429:
+                raise TooMany429(f"Rate limit exceeded: {user.per_person_rpm} requests per minute for each person "
+                                 f"using {user.name}.") from None
 
 
 def _redis_from_environment() -> Any:
@@ -517,7 +531,7 @@ async def user_api_key_auth(request: Request | None, api_key: str) -> UserAPIKey
         method = getattr(request, "method", "GET")
         path = request.url.path if request is not None else "/"
         body = await _request_body(request) if route_kind(method, path) == "inference" else None
-        await the_gate.admit(user, method, path, body)
+        await the_gate.admit(user, method, path, body, getattr(request, "headers", None))
     except (KeyError401, Forbidden403, TooMany429, BadRequest400, NotOffered404) as err:
         # LiteLLM turns an HTTPException into its OpenAI-style error body with this status; a plain
         # exception would become a 500 in 1.100.5.

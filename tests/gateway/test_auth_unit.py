@@ -215,3 +215,20 @@ def test_only_a_forwarding_service_key_records_the_named_person():
     assert auth.recorded_user(service, {"x-openwebui-user-id": "42"}) == "42"
     assert auth.recorded_user(service, {}) == "open-webui"
     assert auth.recorded_user(plain, headers) == "alice"
+
+
+def test_each_person_behind_the_chat_has_their_own_limit(tmp_path):
+    keys = tmp_path / "keys.json"
+    write_keys(keys, [{"name": "open-webui", "key_sha256": auth.hash_key("sk-ui"), "forwards_user": True,
+                       "rpm": 100, "per_person_rpm": 2}])
+    gate = auth.Gate(auth.KeyStore(str(keys)))
+    heavy, light = {"x-openwebui-user-email": "heavy@example.org"}, {"x-openwebui-user-email": "light@example.org"}
+    chat_body = {"model": "chat", "messages": []}
+    for _ in range(2):
+        asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, heavy))
+    with pytest.raises(auth.TooMany429, match="2 requests per minute for each person using open-webui"):
+        asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, heavy))
+    asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, light))
+    # Listing the models is not a completion: the chat does it on every page.
+    for _ in range(5):
+        asyncio.run(gate.check("sk-ui", "GET", "/v1/models", None, heavy))

@@ -210,3 +210,36 @@ def test_no_gateway_instance_answers_503_json(host):
         for port in PORTS:
             wait_for(lambda p=port: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % p).rc
                      == 0, 120)
+
+
+# --- 10. The chat reaches every gateway instance; each person it acts for has a limit of their own.
+
+OPEN_WEBUI_KEY = "sk-demo-open-webui-service-key"
+BALANCED = 4080
+
+
+def as_chat(host, person, count):
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    cmd = host.run("for i in $(seq %d); do curl -s -o /dev/null -w '%%{http_code}\\n' -H 'Authorization: Bearer %s' "
+                   "-H 'X-OpenWebUI-User-Email: %s' -H 'Content-Type: application/json' -d '%s' "
+                   "http://127.0.0.1:%d/v1/chat/completions; done" % (count, OPEN_WEBUI_KEY, person, body, BALANCED))
+    return [int(code) for code in cmd.stdout.split()]
+
+
+def test_the_chat_goes_through_the_balancer_to_every_instance(host):
+    env = host.file("/etc/llm-appliance/open-webui.env").content_string
+    assert "OPENAI_API_BASE_URLS=http://127.0.0.1:%d/v1" % BALANCED in env
+    host.run("systemctl stop litellm@1")
+    try:
+        assert as_chat(host, "balancer-%s@demo.internal" % uuid.uuid4().hex[:6], 3) == [200] * 3
+    finally:
+        host.run("systemctl start litellm@1")
+        wait_for(lambda: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % PORTS[0]).rc == 0,
+                 120)
+
+
+def test_one_heavy_chat_user_does_not_use_up_the_others_allowance(host):
+    heavy, light = ("%s-%s@demo.internal" % (who, uuid.uuid4().hex[:6]) for who in ("heavy", "light"))
+    codes = as_chat(host, heavy, 22)  # demo: per_person_rpm 20 for the chat's service key
+    assert codes[:20] == [200] * 20 and codes[20:] == [429, 429], codes
+    assert as_chat(host, light, 2) == [200, 200]
