@@ -241,7 +241,7 @@ def test_open_webui_environment_is_private(host):
     assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
     content = env.content_string
     for line in ("ENABLE_PERSISTENT_CONFIG=False", "ENABLE_OLLAMA_API=False", "DEFAULT_USER_ROLE=pending",
-                 "ENABLE_FORWARD_USER_INFO_HEADERS=True", "OPENAI_API_BASE_URLS=http://127.0.0.1:4000/v1",
+                 "ENABLE_FORWARD_USER_INFO_HEADERS=True", "OPENAI_API_BASE_URLS=http://127.0.0.1:4080/v1",
                  "OFFLINE_MODE=true", "ENABLE_CODE_EXECUTION=False", "BYPASS_EMBEDDING_AND_RETRIEVAL=True"):
         assert line in content.splitlines(), line
 

@@ -210,6 +210,7 @@ def test_no_gateway_instance_answers_503_json(host):
         for port in PORTS:
             wait_for(lambda p=port: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % p).rc
                      == 0, 120)
+        time.sleep(11)  # nginx tries an instance it saw fail again after edge_upstream_fail_timeout (10 s)
 
 
 # --- 10. The chat reaches every gateway instance; each person it acts for has a limit of their own.
@@ -236,6 +237,7 @@ def test_the_chat_goes_through_the_balancer_to_every_instance(host):
         host.run("systemctl start litellm@1")
         wait_for(lambda: host.run("curl -sf -o /dev/null http://127.0.0.1:%d/health/liveliness" % PORTS[0]).rc == 0,
                  120)
+        time.sleep(11)  # see above: nginx's fail_timeout for the stopped instance
 
 
 def test_one_heavy_chat_user_does_not_use_up_the_others_allowance(host):
