@@ -9,26 +9,16 @@ import psycopg
 import pytest
 
 from llm_appliance.gateway import usage_logger as ul
-from tests.report.pgcluster import ClusterError, throwaway_cluster
 
 SCHEMA = ul.Path(__file__).resolve().parents[2] / "llm_appliance" / "usage_report" / "schema.sql"
 
 
-@pytest.fixture(scope="module")
-def admin_dsn():
-    try:
-        with throwaway_cluster() as dsn:
-            yield dsn
-    except ClusterError as exc:
-        pytest.fail(str(exc))
-
-
 @pytest.fixture()
-def dsn(admin_dsn):
+def dsn(postgres_admin_dsn):
     name = "gw_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+    with psycopg.connect(postgres_admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin_dsn.replace("dbname=postgres", f"dbname={name}")
+    dsn = postgres_admin_dsn.replace("dbname=postgres", f"dbname={name}")
     with psycopg.connect(dsn) as conn:
         conn.execute(SCHEMA.read_text())
     return dsn

@@ -1,21 +1,10 @@
-"""Fixtures of the report tests: a throwaway PostgreSQL cluster (pgcluster.py) and a fresh
-database with the usage schema per test."""
+"""Fixtures of the report tests: a fresh database with the usage schema per test, in the run's
+throwaway PostgreSQL cluster (postgres_admin_dsn, tests/conftest.py)."""
 from pathlib import Path
 
 import pytest
 
-from tests.report.pgcluster import ClusterError, throwaway_cluster
-
 SCHEMA = Path(__file__).resolve().parents[2] / "llm_appliance/usage_report/schema.sql"
-
-
-@pytest.fixture(scope="session")
-def postgres_admin_dsn():
-    try:
-        with throwaway_cluster() as dsn:
-            yield dsn
-    except ClusterError as exc:
-        pytest.fail(str(exc))
 
 
 @pytest.fixture()
