@@ -338,10 +338,6 @@ class PostgresInserter:
             self._conn = None
 
 
-def postgres_inserter(dsn: str, connect_timeout: int = 3) -> Insert:
-    return PostgresInserter(dsn, connect_timeout)
-
-
 class Writer:
     """Batches rows from a bounded queue into insert(); spools what PostgreSQL cannot take now and
     quarantines what it will never take."""
