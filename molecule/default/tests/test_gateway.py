@@ -18,7 +18,8 @@ KEYS = {
 PORTS = (4000, 4001)
 # The chat UI's service key, from the demo vault (vault_open_webui_gateway_key).
 OPEN_WEBUI_KEY = "sk-demo-open-webui-service-key"
-PSQL = "PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance -At -c"
+# Read as the report does: its role may read the usage rows (the gateway's may only insert them).
+PSQL = "PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance -At -c"
 
 
 def post(host, path, key, body, agent="molecule-gateway", port=4000):
@@ -69,13 +70,14 @@ def test_keys_file_is_private_and_holds_only_hashes(host):
     """The chat's service key is given to the role in clear (vault_open_webui_gateway_key): the file
     has its hash only, and no one outside the gateway's group reads it."""
     keys = host.file("/etc/llm-appliance/litellm/keys.json")
-    assert keys.mode == 0o640 and keys.user == "root" and keys.group == "llm-appliance"
+    assert keys.mode == 0o640 and keys.user == "root" and keys.group == "litellm"
     users = json.loads(keys.content_string)["users"]
     service = next(u for u in users if u["name"] == "open-webui")
     assert service["key_sha256"] == hashlib.sha256(OPEN_WEBUI_KEY.encode()).hexdigest()
     assert OPEN_WEBUI_KEY not in keys.content_string
     assert all(set(u) >= {"name", "key_sha256"} and "key" not in u for u in users)
-    assert host.run("runuser -u nobody -- cat /etc/llm-appliance/litellm/keys.json").rc != 0
+    for other in ("nobody", "open-webui", "vllm"):
+        assert host.run("runuser -u %s -- cat /etc/llm-appliance/litellm/keys.json", other).rc != 0, other
 
 
 @pytest.mark.parametrize("instance", [1, 2])

@@ -34,6 +34,7 @@ def test_passwords_stored_as_scram(psql):
                   "WHERE rolcanlogin AND rolname <> 'postgres' ORDER BY 1")
     assert hashes.splitlines() == [
         "llm_gateway SCRAM-SHA-256",
+        "llm_gpu_sampler SCRAM-SHA-256",
         "llm_report SCRAM-SHA-256",
         "open_webui SCRAM-SHA-256",
     ]
@@ -42,26 +43,82 @@ def test_passwords_stored_as_scram(psql):
 def test_databases_and_owners(psql):
     rows = psql("SELECT datname || ' ' || pg_get_userbyid(datdba) FROM pg_database "
                 "WHERE datname IN ('llm_appliance', 'open_webui') ORDER BY 1")
-    assert rows.splitlines() == ["llm_appliance llm_gateway", "open_webui open_webui"]
+    assert rows.splitlines() == ["llm_appliance llm_usage", "open_webui open_webui"]
 
 
-def test_report_role_reads_but_cannot_write(host, psql):
-    gateway = ("PGPASSWORD=demo-gateway-db-password psql -w -h 127.0.0.1 -U llm_gateway -d llm_appliance "
-               "-v ON_ERROR_STOP=1 -At -c %s")
-    report = ("PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance "
-              "-v ON_ERROR_STOP=1 -At -c %s")
-    created = host.run(gateway, "CREATE TABLE IF NOT EXISTS grant_probe (n int); TRUNCATE grant_probe; "
-                                "INSERT INTO grant_probe VALUES (7)")
-    assert created.rc == 0, created.stderr
+def _as_role(host, role, password, sql):
+    return host.run("PGPASSWORD=%s psql -w -h 127.0.0.1 -U %s -d llm_appliance -v ON_ERROR_STOP=1 -At -c %s",
+                    password, role, sql)
+
+
+def _refused(result):
+    """PostgreSQL's refusals: a missing grant, or an act only the owner may do."""
+    return result.rc != 0 and ("permission denied" in result.stderr or "must be owner" in result.stderr)
+
+
+GATEWAY = ("llm_gateway", "demo-gateway-db-password")
+REPORT = ("llm_report", "demo-report-db-password")
+SAMPLER = ("llm_gpu_sampler", "demo-gpu-sampler-db-password")
+PROBE_ID = "grant-probe-0001"
+INSERT_USAGE = "INSERT INTO usage_events (request_id, started_at) VALUES ('%s', now())" % PROBE_ID
+INSERT_SAMPLE = "INSERT INTO gpu_samples (sampled_at, host, gpu_index) VALUES (now(), 'grant-probe', 0)"
+
+
+@pytest.fixture()
+def probe_rows(psql):
+    yield
+    psql("DELETE FROM usage_events WHERE request_id = '%s'" % PROBE_ID, "llm_appliance")
+    psql("DELETE FROM gpu_samples WHERE host = 'grant-probe'", "llm_appliance")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT count(*) FROM usage_events",
+    "UPDATE usage_events SET model = 'x' WHERE false",
+    "DELETE FROM usage_events WHERE false",
+    "TRUNCATE usage_events",
+    "DROP TABLE usage_events",
+    "ALTER TABLE usage_events ADD COLUMN probe int",
+    "CREATE TABLE grant_probe (n int)",
+    "SELECT count(*) FROM gpu_samples",
+    INSERT_SAMPLE,
+])
+def test_gateway_role_may_only_insert_usage_rows(host, probe_rows, sql):
+    refused = _as_role(host, *GATEWAY, sql)
+    assert _refused(refused), (sql, refused.stdout, refused.stderr)
+
+
+def test_each_role_does_what_it_is_for(host, probe_rows):
+    for role, sql in [(GATEWAY, INSERT_USAGE + " ON CONFLICT DO NOTHING"), (SAMPLER, INSERT_SAMPLE)]:
+        done = _as_role(host, *role, sql)
+        assert done.rc == 0, (role[0], done.stderr)
+    read = _as_role(host, *REPORT, "SELECT count(*) FROM usage_events WHERE request_id = '%s'" % PROBE_ID)
+    assert read.rc == 0 and read.stdout.strip() == "1", read.stderr
+    samples = _as_role(host, *REPORT, "SELECT count(*) FROM gpu_samples WHERE host = 'grant-probe'")
+    assert samples.rc == 0 and samples.stdout.strip() == "1", samples.stderr
+
+
+@pytest.mark.parametrize("role, sql", [
+    (REPORT, INSERT_USAGE),
+    (REPORT, "DELETE FROM usage_events WHERE false"),
+    (REPORT, "UPDATE gpu_samples SET host = 'x' WHERE false"),
+    (REPORT, "CREATE TABLE grant_probe (n int)"),
+    (SAMPLER, "SELECT count(*) FROM usage_events"),
+    (SAMPLER, "SELECT count(*) FROM gpu_samples"),
+    (SAMPLER, INSERT_USAGE),
+    (SAMPLER, "DELETE FROM gpu_samples WHERE false"),
+])
+def test_report_and_sampler_roles_are_refused_the_rest(host, probe_rows, role, sql):
+    refused = _as_role(host, *role, sql)
+    assert _refused(refused), (role[0], sql, refused.stderr)
+
+
+def test_table_owner_cannot_log_in(host, psql):
+    psql("ALTER ROLE llm_usage PASSWORD 'owner-probe'")
     try:
-        read = host.run(report, "SELECT n FROM grant_probe")
-        assert read.rc == 0, read.stderr
-        assert read.stdout.strip() == "7"
-        write = host.run(report, "INSERT INTO grant_probe VALUES (8)")
-        assert write.rc != 0
-        assert "permission denied" in write.stderr
+        login = _as_role(host, "llm_usage", "owner-probe", "SELECT 1")
+        assert login.rc != 0 and "not permitted to log in" in login.stderr, login.stderr
     finally:
-        host.run(gateway, "DROP TABLE IF EXISTS grant_probe")
+        psql("ALTER ROLE llm_usage PASSWORD NULL")
 
 
 def test_backup_timer_enabled(host):

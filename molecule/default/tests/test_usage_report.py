@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-GATEWAY_DSN = "host=127.0.0.1 port=5432 dbname=llm_appliance user=llm_gateway password=demo-gateway-db-password"
+# Synthetic months replace rows, which only the superuser may do (the gateway's role only inserts).
+SYNTHETIC = "runuser -u postgres -- appliance-report synthetic --dsn dbname=llm_appliance"
 
 
 def run_report_play(period, tmp_path):
@@ -18,16 +19,17 @@ def run_report_play(period, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_schema_applied_and_owned_by_the_gateway(host):
-    owner = host.run("runuser -u postgres -- psql -At -d llm_appliance -c "
-                     "\"SELECT tableowner FROM pg_tables WHERE tablename = 'usage_events'\"")
-    assert owner.stdout.strip() == "llm_gateway", owner.stderr
+def test_schema_applied_and_owned_by_a_role_that_cannot_log_in(psql):
+    owners = psql("SELECT tablename || ' ' || tableowner FROM pg_tables "
+                  "WHERE tablename IN ('usage_events', 'gpu_samples') ORDER BY 1", "llm_appliance")
+    assert owners.splitlines() == ["gpu_samples llm_usage", "usage_events llm_usage"]
+    assert psql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'llm_usage'") == "f"
 
 
 def test_report_playbook_brings_the_month_to_the_controller(host, tmp_path):
     host.run("runuser -u postgres -- psql -d llm_appliance "
              "-c \"DELETE FROM usage_events WHERE request_id LIKE '2026%%'\"")
-    loaded = host.run("appliance-report synthetic --dsn '%s' --period 2026-03 --rows 5000 --seed 3" % GATEWAY_DSN)
+    loaded = host.run(SYNTHETIC + " --period 2026-03 --rows 5000 --seed 3")
     assert loaded.rc == 0, loaded.stderr
     result = run_report_play("2026-03", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
