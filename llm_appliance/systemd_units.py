@@ -15,15 +15,21 @@ ADDRESS_FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6")
 
 def hardening_lines(read_write_paths: Iterable[str] = (), devices: Iterable[str] = (),
                     address_families: Iterable[str] = ADDRESS_FAMILIES, proc_subset_pid: bool = False,
-                    loopback_only: bool = True) -> list[str]:
+                    loopback_only: bool = True, capabilities: Iterable[str] = ()) -> list[str]:
     """The [Service] lines, in a fixed order. devices: DeviceAllow classes (rw); none gives
-    PrivateDevices=yes. loopback_only: IPAddressDeny=any with IPAddressAllow=localhost."""
+    PrivateDevices=yes. loopback_only: IPAddressDeny=any with IPAddressAllow=localhost.
+    capabilities: the only ones the unit's (unprivileged) user holds, e.g. CAP_NET_BIND_SERVICE
+    for a server on port 443; none by default."""
     devices = list(devices)
     families = list(address_families)
     unknown = [family for family in families if not family.startswith("AF_")]
     if unknown or not families:
         raise ValueError(f"address families must be AF_* names, got {families!r}")
-    lines = ["UMask=0027", "NoNewPrivileges=yes", "CapabilityBoundingSet=", "AmbientCapabilities=",
+    capabilities = list(capabilities)
+    if any(not cap.startswith("CAP_") for cap in capabilities):
+        raise ValueError(f"capabilities must be CAP_* names, got {capabilities!r}")
+    caps = " ".join(capabilities)
+    lines = ["UMask=0027", "NoNewPrivileges=yes", "CapabilityBoundingSet=" + caps, "AmbientCapabilities=" + caps,
              "DevicePolicy=closed"]
     if devices:
         lines += [f"DeviceAllow={device} rw" for device in devices]

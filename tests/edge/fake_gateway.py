@@ -1,5 +1,6 @@
 """A stand-in for one gateway instance in tests: OpenAI-shaped /v1/models and streamed
-/v1/chat/completions, every request's headers appended to a JSON-lines log.
+/v1/chat/completions, every request's headers appended to a JSON-lines log. A query
+`?delay=SECONDS` makes it wait that long before it answers.
 
     python fake_gateway.py PORT LOG [NAME]
 """
@@ -7,6 +8,7 @@ import json
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,8 +32,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def delay(self):
+        seconds = parse_qs(urlsplit(self.path).query).get("delay")
+        if seconds:
+            time.sleep(float(seconds[0]))
+
     def do_GET(self):
         self.record()
+        self.delay()
         if self.path.rstrip("/").endswith("/models"):
             self.send_json(200, {"object": "list",
                                  "data": [{"id": "tiny-llama", "object": "model", "owned_by": "test"}]})
@@ -46,7 +54,8 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"raw_length": len(raw)}
         self.record(body)
-        if not self.path.endswith("/chat/completions"):
+        self.delay()
+        if not urlsplit(self.path).path.endswith("/chat/completions"):
             self.send_json(200, {"instance": self.server.name, "received": len(raw)})
             return
         words = ["Hello", " from", " the", " fake", " gateway", "."]

@@ -3,6 +3,7 @@ temporary directory): a CA on the controller only, its key encrypted, constraine
 domain; a server certificate for both names, nothing changed on a second run, a server certificate
 close to its end signed again, and one signed by an older CA (the one that lived on the host)
 replaced."""
+import grp
 import os
 import re
 import subprocess
@@ -40,7 +41,10 @@ def test_ca_and_server_certificate(tmp_path):
     names = openssl("x509", "-in", str(server), "-noout", "-ext", "subjectAltName,extendedKeyUsage").stdout
     assert "DNS:%s" % API_NAME in names and "DNS:%s" % CHAT_NAME in names and "TLS Web Server Authentication" in names
     assert "CA:TRUE" in openssl("x509", "-in", str(ca), "-noout", "-ext", "basicConstraints").stdout
-    assert oct((tmp_path / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
+    # Readable by nginx's own user (nginx has no root process), nobody else.
+    key_stat = (tmp_path / "tls" / "server.key").stat()
+    assert oct(key_stat.st_mode & 0o777) == "0o640"
+    assert grp.getgrgid(key_stat.st_gid).gr_name == "www-data"
     # Handed to the controller's clients, kept on the host and published for download: the certificate only.
     assert (tmp_path / "controller" / "ca.crt").read_text() == ca.read_text()
     assert (tmp_path / "www" / "ca.crt").read_text() == ca.read_text()

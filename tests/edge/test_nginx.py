@@ -44,8 +44,10 @@ def upstreams(tmp_path):
 
 
 @pytest.fixture()
-def edge(tmp_path, render, pki, nginx_bin, upstreams):
-    """nginx with the rendered configuration; yields (nginx -p prefix args, paths)."""
+def edge(request, tmp_path, render, pki, nginx_bin, upstreams):
+    """nginx with the rendered configuration; yields (nginx -p prefix args, paths). A test's
+    `edge_vars` mark adds variables to the rendering."""
+    marker = request.node.get_closest_marker("edge_vars")
     for d in ("www", "log", "state"):
         (tmp_path / d).mkdir()
     (tmp_path / "www" / "index.html").write_text("onboarding\n")
@@ -54,10 +56,11 @@ def edge(tmp_path, render, pki, nginx_bin, upstreams):
                  edge_https_port=HTTPS_PORT, edge_http_port=HTTP_PORT,
                  edge_gateway_upstreams=["127.0.0.1:%d" % p for p in GATEWAYS],
                  edge_chat_upstream="127.0.0.1:%d" % CHAT_PORT, edge_api_max_body_size="1m",
-                 edge_nginx_user=os.environ.get("EDGE_TEST_NGINX_USER", "root"))
+                 **(marker.kwargs if marker else {}))
     conf = out / "nginx.conf"
     base = [nginx_bin, "-c", str(conf), "-e", str(tmp_path / "log" / "startup.log"),
-            "-g", "pid %s;" % (tmp_path / "nginx.pid")]
+            # Run as root here, nginx would hand its workers to nobody, who cannot read tmp_path.
+            "-g", "pid %s;%s" % (tmp_path / "nginx.pid", " user root;" if os.geteuid() == 0 else "")]
     test = subprocess.run(base + ["-t"], capture_output=True, text=True, check=False)
     assert test.returncode == 0, test.stderr
     subprocess.run(base, check=True)
@@ -190,3 +193,89 @@ def test_broken_reload_leaves_the_old_configuration_serving(edge):
     status, _, _ = curl(edge, API_NAME, "/v1/models")
     assert status == 200
     conf.write_text(good)
+
+
+SECURITY_HEADERS = ("strict-transport-security", "x-content-type-options", "x-frame-options", "referrer-policy",
+                    "content-security-policy", "permissions-policy", "cross-origin-opener-policy")
+
+
+def headers_of(proc):
+    """The last response's headers (curl -D -) as a lower-cased name -> [values] dict."""
+    found, in_block = {}, False
+    for line in proc.stdout.splitlines():
+        line = line.rstrip("\r")
+        if line.startswith("HTTP/"):
+            found, in_block = {}, True
+        elif in_block and not line:
+            in_block = False
+        elif in_block:
+            name, _, value = line.partition(":")
+            found.setdefault(name.strip().lower(), []).append(value.strip())
+    return found
+
+
+@pytest.mark.parametrize("name, path", [(CHAT_NAME, "/"), (CHAT_NAME, "/_app/x.js"), (API_NAME, "/"),
+                                        (API_NAME, "/v1/models")])
+def test_security_headers_on_every_route(edge, name, path):
+    status, _, proc = curl(edge, name, path, "-D", "-", "-H", "Authorization: Bearer k")
+    assert status == 200
+    headers = headers_of(proc)
+    missing = [h for h in SECURITY_HEADERS if h not in headers]
+    assert not missing, (name, path, missing)
+    assert headers["x-content-type-options"] == ["nosniff"]
+    assert headers["x-frame-options"] == ["SAMEORIGIN"]
+    assert "frame-ancestors 'self'" in headers["content-security-policy"][0]
+
+
+def test_security_headers_on_the_apis_own_error_answers(edge):
+    """nginx drops server-level headers in a location that adds one of its own (Retry-After)."""
+    # Keyless requests: 1 r/s with a burst of 10; these come faster than that.
+    for _ in range(20):
+        status, _, proc = curl(edge, API_NAME, "/v1/models", "-D", "-")
+        if status == 429:
+            break
+    assert status == 429
+    headers = headers_of(proc)
+    assert headers.get("retry-after") == ["1"]
+    assert headers.get("x-content-type-options") == ["nosniff"], headers
+
+
+def test_an_upstreams_own_security_header_is_not_sent_twice(edge):
+    # The stand-in sends none; nginx must send exactly one of each.
+    status, _, proc = curl(edge, CHAT_NAME, "/page", "-D", "-")
+    assert status == 200
+    assert all(len(values) == 1 for name, values in headers_of(proc).items() if name in SECURITY_HEADERS)
+
+
+@pytest.mark.edge_vars(edge_upload_timeout="2s", edge_page_timeout="2s")
+def test_uploads_and_pages_are_cut_early_conversations_are_not(edge):
+    """Per route: an upload whose answer takes longer than the upload timeout gets 504 at that
+    timeout; a conversation that is silent as long is waited for."""
+    started = time.monotonic()
+    status, _, _ = curl(edge, CHAT_NAME, "/api/v1/files/?delay=4", "-d", "x")
+    assert status == 504
+    assert time.monotonic() - started < 3.5
+    status, _, _ = curl(edge, CHAT_NAME, "/_app/immutable/x.js?delay=4")
+    assert status == 504
+    status, body, _ = curl(edge, CHAT_NAME, "/api/chat/completions?delay=4", "-d", "{}")
+    assert status == 200, body
+    status, body, _ = curl(edge, API_NAME, "/v1/chat/completions?delay=4", "-H", "Authorization: Bearer k",
+                           "-H", "Content-Type: application/json", "-d", json.dumps({"model": "tiny-llama"}))
+    assert status == 200, body
+
+
+@pytest.mark.edge_vars(edge_upload_timeout="2s")
+def test_a_stalled_upload_body_is_cut_at_the_upload_timeout(edge):
+    """A client that announces a body and stops sending it holds an upload slot only that long."""
+    context = ssl.create_default_context(cafile=str(edge["pki"] / "ca.crt"))
+    with socket.create_connection(("127.0.0.1", HTTPS_PORT)) as raw, \
+            context.wrap_socket(raw, server_hostname=CHAT_NAME) as tls:
+        tls.sendall(("POST /api/v1/files/ HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\npart"
+                     % CHAT_NAME).encode())
+        tls.settimeout(10)
+        started = time.monotonic()
+        answer = tls.recv(4096).decode(errors="replace")
+        waited = time.monotonic() - started
+    # nginx closes the connection (408 is logged, not always sent) within the timeout.
+    assert answer == "" or answer.startswith("HTTP/1.1 408"), answer
+    assert 1.5 < waited < 5, waited

@@ -29,6 +29,16 @@ def test_gpu_units_keep_their_devices_and_may_leave_loopback():
     assert "ProcSubset=pid" in lines
 
 
+def test_a_server_on_a_low_port_holds_that_one_capability_and_no_other():
+    lines = hardening_lines(capabilities=["CAP_NET_BIND_SERVICE"], loopback_only=False)
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in lines
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in lines
+    plain = hardening_lines()
+    assert "CapabilityBoundingSet=" in plain and "AmbientCapabilities=" in plain
+    with pytest.raises(ValueError, match="CAP_"):
+        hardening_lines(capabilities=["NET_BIND_SERVICE"])
+
+
 def test_a_wrong_address_family_is_refused():
     with pytest.raises(ValueError, match="AF_"):
         hardening_lines(address_families=["INET"])

@@ -159,7 +159,10 @@ def test_server_certificate_names_and_key(host):
     text = host.run("openssl x509 -in /etc/nginx/llm-appliance-tls/server.crt -noout -ext subjectAltName").stdout
     assert "DNS:%s" % CHAT in text and "DNS:%s" % API in text
     assert host.run("openssl verify -CAfile %s /etc/nginx/llm-appliance-tls/server.crt", CA).rc == 0
-    assert host.file("/etc/nginx/llm-appliance-tls/server.key").mode == 0o600
+    # nginx runs as www-data from the start and reads the key at every reload: its group, no one else.
+    key = host.file("/etc/nginx/llm-appliance-tls/server.key")
+    assert (key.mode, key.user, key.group) == (0o640, "root", "www-data")
+    assert host.run("runuser -u open-webui -- cat /etc/nginx/llm-appliance-tls/server.key").rc != 0
 
 
 def test_onboarding_page(host):
@@ -262,3 +265,47 @@ def test_admin_from_the_vault_signs_in(host):
                    json.dumps(ADMIN))
     assert cmd.rc == 0
     assert json.loads(cmd.stdout)["role"] == "admin"
+
+
+def _headers(host, name, path):
+    """The answer's headers (lower-cased name -> values) through nginx."""
+    cmd = host.run("curl -sS -o /dev/null -D - --max-time 30 --cacert %s --resolve %s:443:127.0.0.1 https://%s%s",
+                   CA, name, name, path)
+    found = {}
+    for line in cmd.stdout.splitlines()[1:]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            found.setdefault(key.strip().lower(), []).append(value.strip())
+    return found
+
+
+def test_the_chat_and_the_api_send_security_headers_once(host):
+    """The real chat behind nginx: nginx's headers, each once (the chat's own copies are dropped)."""
+    for name, path in ((CHAT, "/"), (CHAT, "/api/config"), (API, "/"), (API, "/v1/models")):
+        headers = _headers(host, name, path)
+        for header in ("strict-transport-security", "x-content-type-options", "x-frame-options", "referrer-policy",
+                       "content-security-policy", "permissions-policy", "cross-origin-opener-policy"):
+            assert len(headers.get(header, [])) == 1, (name, path, header, headers.get(header))
+        assert headers["x-frame-options"] == ["SAMEORIGIN"]
+
+
+def test_nginx_runs_as_www_data_with_one_capability(host):
+    main_pid = host.run("systemctl show -P MainPID nginx.service").stdout.strip()
+    users = set(host.run("ps -o user= --ppid %s -p %s", main_pid, main_pid).stdout.split())
+    assert users == {"www-data"}, users
+    status = host.file("/proc/%s/status" % main_pid).content_string
+    effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    assert effective == 1 << 10  # CAP_NET_BIND_SERVICE alone
+
+
+def test_logrotate_makes_nginx_write_to_the_new_log(host):
+    log = "/var/log/nginx/access.json.log"
+    rotated = host.run("logrotate -f /etc/logrotate.d/nginx")
+    assert rotated.rc == 0, rotated.stderr
+    https(host, API, "/?after-rotation")
+    for _ in range(20):
+        if "after-rotation" in host.file(log).content_string:
+            break
+        time.sleep(0.2)
+    assert "after-rotation" in host.file(log).content_string
+    assert host.file(log).user == "www-data"
