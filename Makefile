@@ -40,7 +40,6 @@ lock:  ## recompile the hash-pinned lock files from their .in files (needs pip-t
 	@# The machines' own pip configuration offers torch's CPU build; the CUDA lock must not see it.
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= tools/lock roles/vllm/files/requirements-cuda-$(VLLM_CUDA_VERSION).in \
 	  roles/vllm/files/requirements-cuda-$(VLLM_CUDA_VERSION).txt
-	tools/lock roles/model_store/files/requirements-model-fetch.in roles/model_store/files/requirements-model-fetch.txt
 	tools/lock roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).in roles/litellm/files/requirements-litellm-$(LITELLM_VERSION).txt
 	tools/lock roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).in roles/open_webui/files/requirements-$(OPEN_WEBUI_VERSION).txt \
 	  --find-links "$${PIP_FIND_LINKS:-/opt/wheels}" --drop torchvision --drop torchaudio --drop torchcodec

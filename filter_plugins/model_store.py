@@ -10,18 +10,19 @@ CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/
                          "llm-appliance", "model-sha256")
 
 
-def appliance_model_dir(path, model_name="model"):
+def appliance_model_dir(path, model_name="model", trust_pickle=False):
     """Config, file list and weight size of the model directory at `path` on the controller."""
     try:
-        return inspect_model_dir(str(path), str(model_name))
+        return inspect_model_dir(str(path), str(model_name), bool(trust_pickle))
     except ModelDirError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 
-def appliance_model_manifest(path, model_name="model"):
-    """SHA-256 manifest of the model directory at `path` on the controller (cached by size and mtime)."""
+def appliance_model_manifest(path, model_name="model", trust_pickle=False):
+    """SHA-256 manifest of the model directory at `path` on the controller (cached by size and mtime);
+    pickle files are left out unless trusted."""
     try:
-        return make_manifest(str(path), str(model_name), CACHE_DIR)
+        return make_manifest(str(path), str(model_name), CACHE_DIR, bool(trust_pickle))
     except (ModelDirError, OSError) as exc:
         raise AnsibleFilterError(str(exc)) from None
 

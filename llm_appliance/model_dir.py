@@ -4,12 +4,21 @@ A directory is servable when its config.json parses, and every weight file that 
 safetensors index names is present and whole: a safetensors file's size must equal its
 8-byte header length, the header and the end of its last tensor. An interrupted copy or a
 half-downloaded shard fails that test, naming the file, before any unit is touched.
+
+Pickle files (PyTorch's .bin, .pt) run code when they are loaded. They are weights only for a
+catalog entry that says `trust_pickle: true`; otherwise they are left out of the copy, and a
+model whose only weights they are is refused.
 """
 import json
 import os
 import struct
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def is_pickle(relative_path):
+    return relative_path.lower().endswith(PICKLE_SUFFIXES)
 
 
 class ModelDirError(ValueError):
@@ -35,10 +44,11 @@ def _safetensors_expected_size(path):
     return 8 + header_length + end
 
 
-def inspect_model_dir(path, model_name="model"):
+def inspect_model_dir(path, model_name="model", trust_pickle=False):
     """Return what the store and the planner need to know of a model directory.
 
-    {"path", "config", "files": [{"path", "size"}], "weights_bytes", "total_bytes"}
+    {"path", "config", "files": [{"path", "size"}], "weights_bytes", "total_bytes",
+     "pickle_left_out": [paths]}; untrusted pickle files are not in "files".
     Raises ModelDirError naming the model and the offending file.
     """
     path = os.path.abspath(path)
@@ -63,6 +73,8 @@ def inspect_model_dir(path, model_name="model"):
                 continue
             full = os.path.join(root, name)
             files.append({"path": os.path.relpath(full, path), "size": os.path.getsize(full)})
+    pickle_left_out = [] if trust_pickle else [entry["path"] for entry in files if is_pickle(entry["path"])]
+    files = [entry for entry in files if entry["path"] not in pickle_left_out]
     present = {entry["path"]: entry["size"] for entry in files}
 
     index_path = os.path.join(path, "model.safetensors.index.json")
@@ -74,6 +86,13 @@ def inspect_model_dir(path, model_name="model"):
             raise ModelDirError("model %s: %s is unreadable: %s" % (model_name, index_path, exc)) from None
     else:
         weight_files = sorted(p for p in present if p.endswith(WEIGHT_SUFFIXES))
+        if not weight_files and trust_pickle:
+            weight_files = sorted(p for p in present if is_pickle(p))
+    if not weight_files and pickle_left_out:
+        raise ModelDirError(
+            "model %s: its only weights in %s are pickle files (%s), which run code when loaded; convert them "
+            "to safetensors, or set trust_pickle: true in its catalog entry if you trust where they come from"
+            % (model_name, path, ", ".join(sorted(pickle_left_out)[:3])))
     if not weight_files:
         raise ModelDirError("model %s: no weight files (*.safetensors) in %s" % (model_name, path))
 
@@ -95,4 +114,5 @@ def inspect_model_dir(path, model_name="model"):
         "files": files,
         "weights_bytes": weights_bytes,
         "total_bytes": sum(present.values()),
+        "pickle_left_out": sorted(pickle_left_out),
     }

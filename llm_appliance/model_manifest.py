@@ -28,9 +28,10 @@ def _fingerprint(path):
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def make_manifest(model_path, model_name="model", cache_dir=None):
-    """Inspect the model directory and return {"files": [{"path", "size", "sha256"}], ...}."""
-    info = inspect_model_dir(model_path, model_name)
+def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=False):
+    """Inspect the model directory and return {"files": [{"path", "size", "sha256"}], ...}.
+    Untrusted pickle files are not in it (the copy leaves them out)."""
+    info = inspect_model_dir(model_path, model_name, trust_pickle)
     cache, cache_file = {}, None
     if cache_dir:
         key = hashlib.sha256(info["path"].encode()).hexdigest()[:32]
@@ -54,12 +55,16 @@ def make_manifest(model_path, model_name="model", cache_dir=None):
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(cache, handle)
         os.replace(tmp, cache_file)
-    return {
+    manifest = {
         "model": model_name,
         "files": files,
         "weights_bytes": info["weights_bytes"],
         "total_bytes": info["total_bytes"],
     }
+    if trust_pickle:
+        # The host's check then accepts pickle weights too; absent, they are refused there as well.
+        manifest["trust_pickle"] = True
+    return manifest
 
 
 def verify_copy(model_path, manifest, model_name="model"):
@@ -89,7 +94,7 @@ def verify_copy(model_path, manifest, model_name="model"):
                              % (model_name, full, size, entry["size"]))
         if sha256_file(full) != entry["sha256"]:
             raise ValueError("model %s: %s differs from the controller's copy (sha256 mismatch)" % (model_name, full))
-    inspect_model_dir(model_path, model_name)
+    inspect_model_dir(model_path, model_name, bool(manifest.get("trust_pickle")))
     with open(stamp_path, "w", encoding="utf-8") as handle:
         json.dump(state, handle, sort_keys=True)
     return "verified"

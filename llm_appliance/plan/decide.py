@@ -62,7 +62,7 @@ CATALOG_FIELDS = {
     # identity and lifecycle
     "name", "state", "profile", "aliases", "port", "purge_weights",
     # where the weights come from (model_store)
-    "source", "controller_path", "hf_repo", "revision", "config_path", "config", "weights_bytes",
+    "source", "controller_path", "hf_repo", "revision", "config_path", "config", "weights_bytes", "trust_pickle",
     # engine settings
     "quantization", "kv_cache_dtype", "dtype", "block_size", "tool_call_parser", "extra_args",
     # planner overrides

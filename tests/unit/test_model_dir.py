@@ -94,3 +94,24 @@ def test_weight_file_named_by_index_missing(model_copy):
     index_path.write_text(json.dumps(index))
     with pytest.raises(ModelDirError, match=r"weight file .*/model-00002-of-00002.safetensors is missing"):
         inspect_model_dir(model_copy, "m")
+
+
+def test_pickle_files_beside_safetensors_are_left_out_unless_trusted(model_copy):
+    (model_copy / "pytorch_model.bin").write_bytes(b"\x80\x04not-for-loading")
+    (model_copy / "training_args.bin").write_bytes(b"\x80\x04")
+    info = inspect_model_dir(str(model_copy), "tiny")
+    assert info["pickle_left_out"] == ["pytorch_model.bin", "training_args.bin"]
+    assert not any(f["path"].endswith(".bin") for f in info["files"])
+    trusted = inspect_model_dir(str(model_copy), "tiny", trust_pickle=True)
+    assert trusted["pickle_left_out"] == []
+    assert {"pytorch_model.bin", "training_args.bin"} <= {f["path"] for f in trusted["files"]}
+
+
+def test_a_model_with_only_pickle_weights_is_refused_unless_trusted(model_copy):
+    for weights in model_copy.glob("*.safetensors*"):
+        weights.unlink()
+    (model_copy / "pytorch_model.bin").write_bytes(b"\x80\x04weights")
+    with pytest.raises(ModelDirError, match="only weights .* are pickle files .*trust_pickle: true"):
+        inspect_model_dir(str(model_copy), "tiny")
+    info = inspect_model_dir(str(model_copy), "tiny", trust_pickle=True)
+    assert info["weights_bytes"] == len(b"\x80\x04weights")
