@@ -442,12 +442,6 @@ class Gate:
                     f"Key of user {user.name} may not use model {model[:100]!r}; allowed: {', '.join(user.models)}."
                 )
 
-    async def check(self, api_key: str | None, method: str, path: str, body: Any,
-                    headers: Mapping[str, str] | None = None) -> User:
-        user = self.authenticate(api_key)
-        await self.admit(user, method, path, body, headers)
-        return user
-
     async def admit(self, user: User, method: str, path: str, body: Any,
                     headers: Mapping[str, str] | None = None) -> None:
         """After the key (a request without a valid key is refused before its body is read): the

@@ -100,8 +100,7 @@ def _record_refusal(status: int, path: str, api_key: str | None) -> None:
         from llm_appliance.gateway.usage_logger import rejected_row, usage_logger
 
         user = gate().store.users().get(hash_key(strip_bearer(api_key))) if api_key else None
-        error = type("Refusal", (Exception,), {"status_code": status})()
-        row = rejected_row({}, error, path, user.name if user else None)
+        row = rejected_row({}, status, path, user.name if user else None)
         if row is not None:
             usage_logger.writer.start()
             usage_logger.writer.put(row)

@@ -178,10 +178,9 @@ def _status_of(error: BaseException) -> int | None:
     return None
 
 
-def rejected_row(request_data: dict[str, Any], error: BaseException, route: str | None,
+def rejected_row(request_data: dict[str, Any], status: int | None, route: str | None,
                  user_name: str | None) -> Row | None:
     """A usage_events row for a request refused before any model was called (401, 403, 429)."""
-    status = _status_of(error)
     if status not in REJECTIONS:
         return None
     now = time.time()
@@ -555,7 +554,7 @@ class UsageLogger(_Base):
             from llm_appliance.gateway.auth import gate, key_hash_of
 
             user = gate().store.users().get(key_hash_of(getattr(user_api_key_dict, "api_key", None)))
-            row = rejected_row(request_data or {}, original_exception,
+            row = rejected_row(request_data or {}, _status_of(original_exception),
                                getattr(user_api_key_dict, "request_route", None), user.name if user else None)
             if row is not None:
                 self.writer.start()

@@ -56,9 +56,16 @@ def test_broken_file_keeps_previous_keys(keys_file):
     assert store.lookup("sk-alice").name == "alice"
 
 
-def check(gate, key, model="code", path="/v1/completions", method="POST", body=None):
+async def _through_the_gate(gate, key, method, path, body, headers=None):
+    """What the gateway does with a request: the key at the door, then the route, models and limits."""
+    user = gate.authenticate(key)
+    await gate.admit(user, method, path, body, headers)
+    return user
+
+
+def check(gate, key, model="code", path="/v1/completions", method="POST", body=None, headers=None):
     body = {"model": model, "prompt": "x"} if body is None else body
-    return asyncio.run(gate.check(key, method, path, body))
+    return asyncio.run(_through_the_gate(gate, key, method, path, body, headers))
 
 
 def test_disallowed_model_is_403_and_rpm_429(keys_file):
@@ -225,10 +232,10 @@ def test_each_person_behind_the_chat_has_their_own_limit(tmp_path):
     heavy, light = {"x-openwebui-user-email": "heavy@example.org"}, {"x-openwebui-user-email": "light@example.org"}
     chat_body = {"model": "chat", "messages": []}
     for _ in range(2):
-        asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, heavy))
+        check(gate, "sk-ui", path="/v1/chat/completions", method="POST", body=chat_body, headers=heavy)
     with pytest.raises(auth.TooMany429, match="2 requests per minute for each person using open-webui"):
-        asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, heavy))
-    asyncio.run(gate.check("sk-ui", "POST", "/v1/chat/completions", chat_body, light))
+        check(gate, "sk-ui", path="/v1/chat/completions", method="POST", body=chat_body, headers=heavy)
+    check(gate, "sk-ui", path="/v1/chat/completions", method="POST", body=chat_body, headers=light)
     # Listing the models is not a completion: the chat does it on every page.
     for _ in range(5):
-        asyncio.run(gate.check("sk-ui", "GET", "/v1/models", None, heavy))
+        check(gate, "sk-ui", path="/v1/models", method="GET", body=None, headers=heavy)

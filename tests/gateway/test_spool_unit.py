@@ -100,13 +100,13 @@ class Collecting:
 
 def test_refusals_become_rejected_rows_and_model_failures_do_not():
     body = {"model": "chat", "litellm_call_id": "call-1"}
-    row = ul.rejected_row(body, HTTPException(429), "/v1/chat/completions", "alice")
+    row = ul.rejected_row(body, 429, "/v1/chat/completions", "alice")
     assert (row["request_id"], row["user_id"], row["model_alias"], row["call_type"], row["status"],
             row["error_class"]) == ("call-1", "alice", "chat", "chat", "rejected", "RateLimited")
-    assert ul.rejected_row({}, HTTPException(401), "/v1/completions", None)["call_type"] == "completion"
-    assert ul.rejected_row({}, HTTPException(403), "/v1/embeddings", "bob")["error_class"] == "Forbidden"
+    assert ul.rejected_row({}, 401, "/v1/completions", None)["call_type"] == "completion"
+    assert ul.rejected_row({}, 403, "/v1/embeddings", "bob")["error_class"] == "Forbidden"
     # A failing model call is logged by the failure event; the hook must not count it twice.
-    assert ul.rejected_row(body, HTTPException(500), "/v1/chat/completions", "alice") is None
+    assert ul.rejected_row(body, 500, "/v1/chat/completions", "alice") is None
 
 
 def test_key_hash_as_litellm_hands_it_over():

@@ -47,7 +47,7 @@ def writer_for(dsn, tmp_path, **kwargs):
 def test_a_nul_byte_in_a_refused_request_does_not_stop_accounting(dsn, tmp_path):
     """The review's attack: a keyless request whose model holds a NUL used to block the spool forever."""
     writer = writer_for(dsn, tmp_path)
-    refused = ul.rejected_row({"model": "co\x00de" + "x" * 100_000}, type("E", (), {"status_code": 401})(),
+    refused = ul.rejected_row({"model": "co\x00de" + "x" * 100_000}, 401,
                               "/v1/completions", None)
     writer.put(refused)
     writer.put(row(model_alias="chat", user_agent="agent\x00\x1b[31m"))
