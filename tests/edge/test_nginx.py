@@ -17,6 +17,7 @@ from tests.edge.conftest import API_NAME, CHAT_NAME, HERE
 HTTPS_PORT, HTTP_PORT = 19543, 19580
 GATEWAYS = (19511, 19512)
 CHAT_PORT = 19513
+BALANCED_PORT = 19514
 
 
 def wait_port(port, timeout=10):
@@ -56,6 +57,8 @@ def edge(request, tmp_path, render, pki, nginx_bin, upstreams):
                  edge_https_port=HTTPS_PORT, edge_http_port=HTTP_PORT,
                  edge_gateway_upstreams=["127.0.0.1:%d" % p for p in GATEWAYS],
                  edge_chat_upstream="127.0.0.1:%d" % CHAT_PORT, edge_api_max_body_size="1m",
+                 # Not the appliance's own port: a demo on this machine may hold it.
+                 edge_gateway_balanced_port=BALANCED_PORT,
                  **(marker.kwargs if marker else {}))
     conf = out / "nginx.conf"
     base = [nginx_bin, "-c", str(conf), "-e", str(tmp_path / "log" / "startup.log"),
