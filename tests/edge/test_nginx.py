@@ -59,11 +59,11 @@ def edge(request, tmp_path, render, pki, nginx_bin, upstreams):
                  edge_chat_upstream="127.0.0.1:%d" % CHAT_PORT, edge_api_max_body_size="1m",
                  # Not the appliance's own port: a demo on this machine may hold it.
                  edge_gateway_balanced_port=BALANCED_PORT,
-                 **(marker.kwargs if marker else {}))
+                 # Workers as root when the test runs as root: nobody could not read tmp_path.
+                 edge_nginx_user="root" if os.geteuid() == 0 else "nobody", **(marker.kwargs if marker else {}))
     conf = out / "nginx.conf"
     base = [nginx_bin, "-c", str(conf), "-e", str(tmp_path / "log" / "startup.log"),
-            # Run as root here, nginx would hand its workers to nobody, who cannot read tmp_path.
-            "-g", "pid %s;%s" % (tmp_path / "nginx.pid", " user root;" if os.geteuid() == 0 else "")]
+            "-g", "pid %s;" % (tmp_path / "nginx.pid")]
     test = subprocess.run(base + ["-t"], capture_output=True, text=True, check=False)
     assert test.returncode == 0, test.stderr
     subprocess.run(base, check=True)

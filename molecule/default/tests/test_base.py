@@ -36,11 +36,13 @@ def test_service_users(host):
     for name in ("vllm", "litellm", "open-webui"):
         user = host.user(name)
         assert user.exists, name
-        assert user.group == "llm-appliance"
+        # Its own group for its secrets; the shared one only as a supplementary group.
+        assert user.group == name
+        assert set(user.groups) == {name, "llm-appliance"}
         assert user.shell == "/usr/sbin/nologin"
         assert user.uid < 1000, "service users are system users"
         home = host.file("/var/lib/llm-appliance/" + name)
-        assert home.is_directory and home.user == name and home.mode == 0o750
+        assert home.is_directory and home.user == name and home.group == name and home.mode == 0o750
 
 
 def test_directory_trees(host):

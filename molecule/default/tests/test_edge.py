@@ -83,6 +83,8 @@ def test_both_names_answer_with_the_internal_ca(host):
 # A second nginx, configured as the appliance's must not be (TLS 1.1 allowed, no
 # ssl_reject_handshake), shows that each probe below sees the fault it guards against.
 WEAK_NGINX = """error_log /tmp/weak-nginx.err;
+# As root, nginx hands its temporary directories to its worker user: the appliance's, not nobody.
+user www-data;
 pid /tmp/weak-nginx.pid;
 events {}
 http {
@@ -309,3 +311,11 @@ def test_logrotate_makes_nginx_write_to_the_new_log(host):
         time.sleep(0.2)
     assert "after-rotation" in host.file(log).content_string
     assert host.file(log).user == "www-data"
+
+
+def test_nginx_t_as_root_leaves_nginx_its_temporary_directories(host):
+    """Operators run `nginx -t` as root; nginx then hands its temporary directories to its
+    configured user, which must be the one it runs as."""
+    assert host.run("nginx -t").rc == 0
+    for name in ("body", "proxy"):
+        assert host.file("/var/lib/nginx/" + name).user == "www-data", name

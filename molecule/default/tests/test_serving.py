@@ -79,7 +79,7 @@ def test_engine_key_not_in_unit_or_process_list(host, models):
     for model in models:
         assert ENGINE_KEY not in host.file("/etc/systemd/system/vllm-%s.service" % model["name"]).content_string
         env = host.file("/etc/llm-appliance/vllm/%s.env" % model["name"])
-        assert env.mode == 0o640 and env.group == "llm-appliance"
+        assert env.mode == 0o640 and env.group == "vllm"
     assert ENGINE_KEY not in host.run("ps -eo args").stdout
 
 
