@@ -31,7 +31,7 @@ import urllib.request
 from typing import Any
 
 from llm_appliance.model_dir import WEIGHT_SUFFIXES, ModelDirError, is_pickle
-from llm_appliance.model_manifest import CHUNK, MANIFEST_NAME, make_manifest
+from llm_appliance.model_manifest import CHUNK, MANIFEST_NAME, make_manifest, sha256_file
 
 FETCHED_MARK = ".llm-appliance-fetched"
 PARTIAL_DIR = ".llm-appliance-partial"
@@ -95,10 +95,9 @@ def select(files: list[dict[str, Any]], repo: str, trust_pickle: bool) -> tuple[
 
 def _digest_of(path: str, entry: dict[str, Any]) -> str:
     if "sha256" in entry:
-        digest = hashlib.sha256()
-    else:
-        digest = hashlib.sha1()  # noqa: S324 - git's blob id is SHA-1 by definition
-        digest.update(b"blob %d\0" % os.path.getsize(path))
+        return str(sha256_file(path))
+    digest = hashlib.sha1()  # noqa: S324 - git's blob id is SHA-1 by definition
+    digest.update(b"blob %d\0" % os.path.getsize(path))
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
@@ -160,7 +159,9 @@ def fetch(endpoint: str, repo: str, revision: str, dest: str, trust_pickle: bool
                 os.unlink(os.path.join(root, file_name))
     shutil.rmtree(partial_root, ignore_errors=True)
     try:
-        manifest = make_manifest(dest, name, trust_pickle=trust_pickle)
+        # The weights' SHA-256 was just checked against the mirror's: they are not read again.
+        manifest = make_manifest(dest, name, trust_pickle=trust_pickle,
+                                 known_sha256={e["path"]: e["sha256"] for e in wanted if "sha256" in e})
     except ModelDirError as exc:
         raise FetchError(str(exc)) from None
     _write(os.path.join(dest, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True) + "\n")

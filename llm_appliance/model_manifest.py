@@ -28,9 +28,10 @@ def _fingerprint(path):
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=False):
+def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=False, known_sha256=None):
     """Inspect the model directory and return {"files": [{"path", "size", "sha256"}], ...}.
-    Untrusted pickle files are not in it (the copy leaves them out)."""
+    Untrusted pickle files are not in it (the copy leaves them out). known_sha256: digests the
+    caller has just checked ({path: sha256}), so those files are not read again."""
     info = inspect_model_dir(model_path, model_name, trust_pickle)
     cache, cache_file = {}, None
     if cache_dir:
@@ -46,7 +47,12 @@ def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=F
         full = os.path.join(info["path"], entry["path"])
         fingerprint = _fingerprint(full)
         cached = cache.get(entry["path"])
-        digest = cached["sha256"] if cached and cached["fingerprint"] == fingerprint else sha256_file(full)
+        if known_sha256 and entry["path"] in known_sha256:
+            digest = known_sha256[entry["path"]]
+        elif cached and cached["fingerprint"] == fingerprint:
+            digest = cached["sha256"]
+        else:
+            digest = sha256_file(full)
         cache[entry["path"]] = {"fingerprint": fingerprint, "sha256": digest}
         files.append({"path": entry["path"], "size": entry["size"], "sha256": digest})
     if cache_file:
