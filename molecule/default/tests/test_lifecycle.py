@@ -4,15 +4,13 @@ scenario's container, with the demo catalog plus or minus one model. The model t
 goes is the tiny hybrid one (sliding-window and global layers, like Gemma 3), so its KV-cache
 figure checks the planner's grouping of sliding-window layers against the real engine."""
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from playbook_runner import run_playbook
 
 from tests.fixtures.make_tiny_model import make_model
 
@@ -24,14 +22,8 @@ EVAL_MODEL = "tiny-eval"
 def run_serving(catalog, tmp_path):
     extra = tmp_path / "catalog.json"
     extra.write_text(json.dumps({"appliance_models": catalog}))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-               APPLIANCE_BUILD_DIR=str(REPO / "build"))
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", inventory,
-         str(REPO / "playbooks/serving.yml"), "-e", "@" + str(extra)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
-    return result
+    return run_playbook("playbooks/serving.yml", "-e", "@" + str(extra), timeout=1800,
+                        env={"APPLIANCE_BUILD_DIR": str(REPO / "build")})
 
 
 def pids(host):

@@ -3,13 +3,11 @@ fetches at the pinned commit with the host's own fetch command, checks every fil
 mirror's checksums, leaves pickle files out, refuses a file that does not match and a branch name."""
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from playbook_runner import run_playbook
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 COMMIT = "3b1d4c9e0f2a7d6e5c4b3a29180f7e6d5c4b3a29"
@@ -19,12 +17,8 @@ STORE = "/srv/models"
 
 
 def run_store(models):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"))
     extra = {"model_store_models": models, "model_store_hf_endpoint": "http://127.0.0.1:%d" % PORT}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventory/demo",
-         str(Path(__file__).with_name("model_mirror.yml")), "-e", json.dumps(extra)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return run_playbook("molecule/default/tests/model_mirror.yml", "-e", json.dumps(extra), inventory="inventory/demo")
 
 
 def mirror_entry(name, repo="acme/tiny", revision=COMMIT):

@@ -1,10 +1,9 @@
 """The usage report on the appliance: the installed command over the real database, and the
 playbook that brings the report to the controller."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from playbook_runner import run_playbook
 
 REPO = Path(__file__).resolve().parents[3]
 # Synthetic months replace rows, which only the superuser may do (the gateway's role only inserts).
@@ -12,11 +11,7 @@ SYNTHETIC = "runuser -u postgres -- appliance-report synthetic --dsn dbname=llm_
 
 
 def run_report_play(period, tmp_path):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(REPO / "playbooks/report.yml"), "-e", "period=%s" % period],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return run_playbook("playbooks/report.yml", "-e", "period=%s" % period, timeout=600)
 
 
 def test_schema_applied_and_owned_by_a_role_that_cannot_log_in(psql):
