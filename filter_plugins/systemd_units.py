@@ -7,7 +7,8 @@ from llm_appliance.systemd_units import NVIDIA_DEVICES, hardening_lines
 
 def appliance_unit_hardening(options):
     """{{ {'read_write_paths': [dir], 'devices': 'nvidia', 'address_families': [...],
-    'proc_subset_pid': true, 'loopback_only': true, 'capabilities': ['CAP_NET_BIND_SERVICE']}
+    'proc_subset_pid': true, 'loopback_only': true, 'capabilities': ['CAP_NET_BIND_SERVICE'],
+    'peers': ['10.20.0.11']}
     | appliance_unit_hardening }} -> the lines."""
     options = dict(options or {})
     devices = options.pop("devices", [])

@@ -25,11 +25,18 @@ def libpq_dsn(params: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-def postgres_url(user: str, password: str, host: str, port: int | str, dbname: str) -> str:
-    """postgresql://user:password@host:port/dbname with every part that may hold anything encoded."""
+def postgres_url(user: str, password: str, host: str, port: int | str, dbname: str, sslmode: str = "") -> str:
+    """postgresql://user:password@host:port/dbname[?sslmode=...] with every part that may hold anything encoded."""
     host_part = f"[{host}]" if ":" in str(host) else str(host)
+    query = f"?sslmode={quote(str(sslmode), safe='')}" if sslmode else ""
     return (f"postgresql://{quote(str(user), safe='')}:{quote(str(password), safe='')}"
-            f"@{host_part}:{int(port)}/{quote(str(dbname), safe='')}")
+            f"@{host_part}:{int(port)}/{quote(str(dbname), safe='')}{query}")
+
+
+def sslmode_for(host: str) -> str:
+    """TLS is required towards a database on another host (its pg_hba admits remote hosts over TLS
+    only); over loopback libpq's default stands."""
+    return "" if str(host) in ("127.0.0.1", "::1", "localhost") or str(host).startswith("/") else "require"
 
 
 def systemd_env_value(value: object) -> str:

@@ -15,9 +15,11 @@ ADDRESS_FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6")
 
 def hardening_lines(read_write_paths: Iterable[str] = (), devices: Iterable[str] = (),
                     address_families: Iterable[str] = ADDRESS_FAMILIES, proc_subset_pid: bool = False,
-                    loopback_only: bool = True, capabilities: Iterable[str] = ()) -> list[str]:
+                    loopback_only: bool = True, capabilities: Iterable[str] = (),
+                    peers: Iterable[str] = ()) -> list[str]:
     """The [Service] lines, in a fixed order. devices: DeviceAllow classes (rw); none gives
-    PrivateDevices=yes. loopback_only: IPAddressDeny=any with IPAddressAllow=localhost.
+    PrivateDevices=yes. loopback_only: IPAddressDeny=any with IPAddressAllow=localhost and the
+    addresses of `peers` (the site's other hosts, when its services span several).
     capabilities: the only ones the unit's (unprivileged) user holds, e.g. CAP_NET_BIND_SERVICE
     for a server on port 443; none by default."""
     devices = list(devices)
@@ -46,5 +48,5 @@ def hardening_lines(read_write_paths: Iterable[str] = (), devices: Iterable[str]
               "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged @obsolete",
               "SystemCallErrorNumber=EPERM", "RestrictAddressFamilies=" + " ".join(families)]
     if loopback_only:
-        lines += ["IPAddressDeny=any", "IPAddressAllow=localhost"]
+        lines += ["IPAddressDeny=any", "IPAddressAllow=localhost"] + [f"IPAddressAllow={peer}" for peer in peers]
     return lines

@@ -16,7 +16,7 @@ PCI_DEVICES = Path("/sys/bus/pci/devices")
 
 def run_gpu_play(tmp_path, **extra_vars):
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {"controller": {
+    inventory.write_text(json.dumps({"all": {"children": {"gpu_hosts": {"hosts": {"controller": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
     extra = {"nvidia_driver_facts_dir": str(tmp_path / "facts"), **extra_vars}
     (tmp_path / "facts").mkdir(exist_ok=True)

@@ -97,9 +97,9 @@ def example_site(tmp_path):
     shutil.copytree(REPO / "inventory/example", site)
     vault = site / "group_vars/all/vault.yml"
     vault.write_text(vault.read_text().replace("CHANGE-ME", "test-secret"))
+    controller = {"controller": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}
     (site / "hosts.yml").write_text(json.dumps({"all": {"children": {
-        "llm_hosts": {"hosts": {"controller": {"ansible_connection": "local",
-                                               "ansible_python_interpreter": sys.executable}}}}}}))
+        group: {"hosts": controller} for group in ("gpu_hosts", "gateway_hosts", "chat_hosts", "db_hosts")}}}))
     return site
 
 

@@ -8,7 +8,8 @@
 speed with the assumptions behind it (the plan's own roofline, for --gpu-name's bandwidth).
 
 `site` reads {"models": [catalog entries with config or config_path], "gpus": {...},
-"engine": "cuda", "vllm_version": "0.32.0"} and prints the whole plan.
+"engine": "cuda", "vllm_version": "0.32.0"} and prints the whole plan; several servers are
+"hosts": {"gpu01": {...gpus...}, ...} instead of "gpus" (catalog entries may ask for `replicas`).
 A plan that cannot work exits 1 with the reason and what would fit; unreadable input exits 2.
 Neither prints a traceback.
 """
@@ -19,7 +20,7 @@ import sys
 from typing import Any
 
 from llm_appliance.plan.config import ModelShape, parse_config
-from llm_appliance.plan.decide import plan_site
+from llm_appliance.plan.decide import plan_cluster, plan_site
 from llm_appliance.plan.errors import PlanError
 from llm_appliance.plan.memory import GIB, estimate_memory, weights_bytes_per_gpu
 from llm_appliance.plan.speed import DECODE_EFFICIENCY, GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, predict_decode
@@ -144,6 +145,13 @@ def load_site(path: str) -> dict[str, Any]:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as an operator reads it; a site's plan host by host."""
+    if "hosts" in plan:
+        lines = []
+        for host, share in plan["hosts"].items():
+            lines.append("%s%s:" % (host, " (engines at %s)" % share["address"] if share.get("address") else ""))
+            lines += ["  " + line for line in format_plan(share).splitlines()] or ["  no model"]
+        return "\n".join(lines)
     lines = []
     for model in plan["models"]:
         memory = model["memory"]
@@ -166,8 +174,12 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def cmd_site(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    plan = plan_site(site.get("models", []), site.get("gpus"), engine=site.get("engine", "cuda"),
-                     vllm_version=site.get("vllm_version", "0.32.0"), base_port=site.get("base_port", 8001))
+    options = {"engine": site.get("engine", "cuda"), "vllm_version": site.get("vllm_version", "0.32.0"),
+               "base_port": site.get("base_port", 8001)}
+    if "hosts" in site:
+        plan = plan_cluster(site.get("models", []), site["hosts"], **options)
+    else:
+        plan = plan_site(site.get("models", []), site.get("gpus"), **options)
     print(json.dumps(plan, indent=2, sort_keys=True) if args.json else format_plan(plan))
     return 0
 
@@ -177,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_memory_command(sub)
     site = sub.add_parser("site", help="plan every model of a site description")
-    site.add_argument("--site", required=True, help="JSON: models, gpus, engine, vllm_version")
+    site.add_argument("--site", required=True,
+                      help="JSON: models, gpus (one server) or hosts (name -> gpus, several), engine, vllm_version")
     site.add_argument("--json", action="store_true", help="print the plan as JSON")
     site.set_defaults(func=cmd_site)
     return parser

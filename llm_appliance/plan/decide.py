@@ -1,6 +1,7 @@
 """From the site's catalog and its GPUs to a plan: per model the GPUs, tensor-parallel size,
 memory settings, vLLM arguments, the predicted KV capacity and decode speed, and why."""
 import collections
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -69,6 +70,8 @@ CATALOG_FIELDS = {
     "max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
     "typical_request_tokens", "prefix_caching", "tensor_parallel_size", "gpu_memory_utilization",
     "share_gpus_with", "cpu_kvcache_space_gib",
+    # several GPU hosts: how many copies, and on which hosts
+    "replicas", "hosts",
 }
 
 
@@ -236,10 +239,113 @@ def _site(gpus: dict[str, Any] | None, engine: str, vllm_version: str, gpu_memor
                 gpu_memory_utilization=gpu_memory_utilization, cpu_kvcache_space_gib=cpu_kvcache_space_gib)
 
 
+def natural_key(name: str) -> list[Any]:
+    """gpu2 before gpu10: hosts are filled in the order their names read."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _wanted_replicas(entry: dict[str, Any], hosts: list[str]) -> tuple[int, list[str]]:
+    """How many copies of the model, and the hosts they may go on (in fill order)."""
+    name = entry["name"]
+    pinned = entry.get("hosts")
+    if pinned is not None:
+        if not isinstance(pinned, list) or not pinned or not all(isinstance(h, str) for h in pinned):
+            raise PlanError("model %s: hosts must be a list of GPU host names, not %r" % (name, pinned))
+        unknown = sorted(set(pinned) - set(hosts))
+        if unknown:
+            raise PlanError("model %s: hosts names %s, which %s not in the GPU hosts (%s)" % (
+                name, ", ".join(unknown), "is" if len(unknown) == 1 else "are", ", ".join(hosts)))
+        candidates = sorted(set(pinned), key=natural_key)
+    else:
+        candidates = list(hosts)
+    replicas = entry.get("replicas", len(candidates) if pinned is not None else 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise PlanError("model %s: replicas must be a whole number of 1 or more, not %r" % (name, replicas))
+    if replicas > len(candidates):
+        raise PlanError("model %s: %d replicas must go on different hosts, but only %d GPU host%s %s: %s. Add "
+                        "GPU hosts or lower replicas" % (name, replicas, len(candidates),
+                                                        "" if len(candidates) == 1 else "s",
+                                                        "is named" if pinned is not None else "exist",
+                                                        ", ".join(candidates)))
+    return replicas, candidates
+
+
+def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] | None], *, engine: str = "cuda",
+                 vllm_version: str = "0.32.0", base_port: int = 8001, gpu_memory_utilization: float = 0.90,
+                 cpu_kvcache_space_gib: float = 1, speed_target_tokens_per_s: float = 80) -> dict[str, Any]:
+    """Plan every present model of the catalog over the site's GPU hosts.
+
+    hosts: GPU host name -> its GPUs (as plan_site's `gpus`). A catalog entry may ask for
+    `replicas: N` (copies on N different hosts) or name its `hosts`. Hosts are filled in the
+    natural order of their names, larger models first, each replica on the first host where it
+    fits: a host added to the site (named after the others) changes nothing that is placed.
+    A model's port is the same on every host.
+    Returns {engine, vllm_version, hosts: {host: {models, free_gpus}}, models: [{name, profile,
+    aliases, port, hosts}]}. Raises PlanError naming the model and the hosts when it cannot fit.
+    """
+    check_catalog(models)
+    if not hosts:
+        raise PlanError("no GPU host to plan for: put the hosts that serve models in the gpu_hosts group")
+    present = [m for m in models if m.get("state", "present") == "present"]
+    _check_present(present)
+    order = sorted(hosts, key=natural_key)
+    sites = {h: _site(hosts[h], engine, vllm_version, gpu_memory_utilization, cpu_kvcache_space_gib) for h in order}
+    ports = _ports(models, base_port)
+    records: dict[str, list[dict[str, Any]]] = {h: [] for h in order}
+    replicas_of: dict[str, list[str]] = {}
+    for entry in _placement_order(present):
+        request = _request(entry)
+        wanted, candidates = _wanted_replicas(entry, order)
+        placed: list[str] = []
+        refusals: list[tuple[str, PlanError]] = []
+        for host in candidates:
+            if len(placed) == wanted:
+                break
+            site = sites[host]
+            partner = entry.get("share_gpus_with")
+            if partner in replicas_of and host not in replicas_of[partner]:
+                refusals.append((host, PlanError("%s, whose GPUs it shares, is not on this host" % partner)))
+                continue
+            try:
+                placement = place(request, site)
+            except PlanError as exc:
+                refusals.append((host, exc))
+                continue
+            speed, speed_note = _predict_speed(request, placement, site, speed_target_tokens_per_s)
+            reasons = [_profile_reason(request)] + placement.reasons + ([speed_note] if speed_note else [])
+            records[host].append(_plan_record(request, placement, site, ports[request.name], speed, reasons))
+            placed.append(host)
+        if len(placed) < wanted:
+            if len(candidates) == 1:
+                raise refusals[0][1]
+            raise PlanError("model %s: %d of %d replicas placed (%s); %s" % (
+                request.name, len(placed), wanted, ", ".join(placed) or "none",
+                "; ".join("not on %s: %s" % (host, exc) for host, exc in refusals)))
+        replicas_of[request.name] = placed
+    names = [e["name"] for e in present]
+    return {
+        "engine": engine, "vllm_version": vllm_version,
+        "hosts": {h: {"models": sorted(records[h], key=lambda m: names.index(m["name"])),
+                      "free_gpus": sorted(sites[h].free) if engine != "cpu" else []} for h in order},
+        "models": [{"name": e["name"], "profile": e.get("profile", "chat"), "aliases": list(e.get("aliases", [])),
+                    "port": ports[e["name"]], "hosts": replicas_of[e["name"]]} for e in present],
+    }
+
+
+def host_plan(cluster: dict[str, Any], host: str) -> dict[str, Any]:
+    """One GPU host's share of the site's plan, in the shape plan_site returns."""
+    share = cluster["hosts"].get(host, {"models": [], "free_gpus": []})
+    plan = {"engine": cluster["engine"], "vllm_version": cluster["vllm_version"],
+            "models": share["models"], "free_gpus": share["free_gpus"]}
+    # Where the gateway reaches this host's engines, once the site's endpoints are known.
+    plan.update({key: share[key] for key in ("address", "scheme") if key in share})
+    return plan
+
+
 def plan_site(models: list[dict[str, Any]], gpus: dict[str, Any] | None = None, *, engine: str = "cuda",
               vllm_version: str = "0.32.0", base_port: int = 8001, gpu_memory_utilization: float = 0.90,
               cpu_kvcache_space_gib: float = 1, speed_target_tokens_per_s: float = 80) -> dict[str, Any]:
-    """Plan every present model of the catalog.
+    """Plan every present model of the catalog on one host.
 
     models: catalog entries, each with name, profile, the parsed `config` (config.json) and
             optional weights_bytes, quantization, kv_cache_dtype, dtype, overrides, port,
@@ -248,20 +354,9 @@ def plan_site(models: list[dict[str, Any]], gpus: dict[str, Any] | None = None, 
             memory_bandwidth_gbps?}], "nvlink_groups": [[...]]}; ignored for the CPU engine.
     Raises PlanError with the model, its need, what is available and the settings that would fit.
     """
-    check_catalog(models)
-    present = [m for m in models if m.get("state", "present") == "present"]
-    _check_present(present)
-    site = _site(gpus, engine, vllm_version, gpu_memory_utilization, cpu_kvcache_space_gib)
-    ports = _ports(models, base_port)
-    records = []
-    for entry in _placement_order(present):
-        request = _request(entry)
-        reasons = [_profile_reason(request)]
-        placement = place(request, site)
-        speed, speed_note = _predict_speed(request, placement, site, speed_target_tokens_per_s)
-        reasons += placement.reasons + ([speed_note] if speed_note is not None else [])
-        records.append(_plan_record(request, placement, site, ports[request.name], speed, reasons))
-    names = [e["name"] for e in present]
-    return {"engine": engine, "vllm_version": vllm_version,
-            "models": sorted(records, key=lambda m: names.index(m["name"])),
-            "free_gpus": sorted(site.free) if engine != "cpu" else []}
+    host = "this host"
+    cluster = plan_cluster(models, {host: gpus}, engine=engine, vllm_version=vllm_version, base_port=base_port,
+                           gpu_memory_utilization=gpu_memory_utilization,
+                           cpu_kvcache_space_gib=cpu_kvcache_space_gib,
+                           speed_target_tokens_per_s=speed_target_tokens_per_s)
+    return host_plan(cluster, host)

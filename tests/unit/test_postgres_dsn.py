@@ -4,6 +4,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from llm_appliance.postgres import libpq_dsn, postgres_url, systemd_env_value
+from tests.unit.test_plan import load_filter_plugin
 
 AWKWARD = ["plain", "with space", "it's", "back\\slash", 'dq"uote', "per%cent/slash?q#h@at:colon", "dollar$HOME",
            "tab\tand ünïcode", "'", "\\"]
@@ -35,3 +36,14 @@ def test_systemd_env_value_escapes_what_systemd_unescapes():
     assert systemd_env_value('say "$HOME" `x`') == '"say \\"\\$HOME\\" \\`x\\`"'
     with pytest.raises(ValueError, match="newline"):
         systemd_env_value("two\nlines")
+
+
+def test_a_database_on_another_host_is_reached_over_tls_only():
+    """pg_hba admits the site's other hosts with hostssl: their clients require TLS; loopback keeps libpq's default."""
+    postgres = load_filter_plugin("postgres")
+    remote = {"host": "10.20.0.10", "port": 5432, "dbname": "llm_appliance", "user": "llm_gateway", "password": "x"}
+    assert conninfo_to_dict(postgres.appliance_pg_dsn(remote))["sslmode"] == "require"
+    assert conninfo_to_dict(postgres.appliance_pg_url(remote))["sslmode"] == "require"
+    local = dict(remote, host="127.0.0.1")
+    assert "sslmode" not in conninfo_to_dict(postgres.appliance_pg_dsn(local))
+    assert "sslmode" not in conninfo_to_dict(postgres.appliance_pg_url(local))

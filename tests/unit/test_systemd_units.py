@@ -20,6 +20,12 @@ def test_a_unit_without_devices_gets_private_devices_and_loopback_only():
     assert len(lines) == len(set(lines)), "a setting is repeated"
 
 
+def test_the_site_s_other_hosts_are_the_only_addresses_beyond_loopback():
+    lines = hardening_lines(peers=["10.20.0.10", "10.20.0.12"])
+    assert lines[-4:] == ["IPAddressDeny=any", "IPAddressAllow=localhost", "IPAddressAllow=10.20.0.10",
+                          "IPAddressAllow=10.20.0.12"]
+
+
 def test_gpu_units_keep_their_devices_and_may_leave_loopback():
     lines = hardening_lines(devices=NVIDIA_DEVICES, loopback_only=False, proc_subset_pid=True)
     allowed = [line for line in lines if line.startswith("DeviceAllow=")]

@@ -1,0 +1,116 @@
+"""The site's wiring as the roles render it, for the cluster example and the single server.
+
+inventory/example-cluster: one front (gateway, chat, nginx, PostgreSQL) and three 4x H100 GPU
+servers. tests/cluster_render.yml renders, on the controller, what each host would get; no host is
+contacted. The single-server example must keep every service on loopback, as before.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+FRONT, GPUS = "10.20.0.10", {"gpu01": "10.20.0.11", "gpu02": "10.20.0.12", "gpu03": "10.20.0.13"}
+
+
+def render(inventory, out):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               CLUSTER_RENDER_DIR=str(out))
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), str(REPO / "tests/cluster_render.yml"), "-i",
+                             str(REPO / inventory), "-e", "appliance_plan_output_dir=%s" % (out / "plans")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    return render("inventory/example-cluster", tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return render("inventory/example", tmp_path_factory.mktemp("single"))
+
+
+def deployments(config_file):
+    """model name -> the api_base of each of its deployments in LiteLLM's model_list."""
+    routes = {}
+    for entry in yaml.safe_load(config_file.read_text())["model_list"]:
+        routes.setdefault(entry["model_name"], []).append(entry["litellm_params"]["api_base"])
+    return routes
+
+
+def wiring(out, host):
+    return json.loads((out / host / "wiring.json").read_text())
+
+
+def test_the_site_plan_puts_replicas_on_different_servers(cluster):
+    plan = json.loads((cluster / "plans/site-plan.json").read_text())
+    hosts = {m["name"]: m["hosts"] for m in plan["models"]}
+    assert hosts == {"qwen-coder": ["gpu01", "gpu02", "gpu03"], "gemma-chat": ["gpu01", "gpu02"]}
+    assert {h: share["address"] for h, share in plan["hosts"].items()} == GPUS
+    # Each GPU server's share, as the serving play records it on the host.
+    gpu03 = json.loads((cluster / "plans/plan-gpu03.json").read_text())
+    assert [m["name"] for m in gpu03["models"]] == ["qwen-coder"] and gpu03["address"] == GPUS["gpu03"]
+
+
+def test_the_gateway_routes_each_alias_over_its_replicas(cluster):
+    routes = deployments(cluster / "front01/config.yaml")
+    assert routes["code"] == routes["qwen-coder"] == ["http://%s:8001/v1" % a for a in GPUS.values()]
+    assert routes["chat"] == ["http://%s:8002/v1" % GPUS[h] for h in ("gpu01", "gpu02")]
+    router = yaml.safe_load((cluster / "front01/config.yaml").read_text())["router_settings"]
+    assert router["num_retries"] >= 1 and router["allowed_fails"] >= 1 and router["cooldown_time"] > 0
+
+
+def test_engines_listen_on_the_cluster_address_open_to_the_front_alone(cluster):
+    for host, address in GPUS.items():
+        units = sorted((cluster / host).glob("vllm-*.service"))
+        assert units
+        for unit in units:
+            text = unit.read_text()
+            assert "--host %s " % address in text
+            # The front (the gateway), and the host itself (its own checks reach the cluster address).
+            assert "IPAddressAllow=%s\n" % FRONT in text and "IPAddressAllow=%s\n" % address in text
+        nft = (cluster / host / "llm-appliance.nft").read_text()
+        ports = "8001, 8002" if host != "gpu03" else "8001"
+        assert "tcp dport { %s } ip saddr { %s } accept" % (ports, FRONT) in nft
+        # No web door on a GPU server.
+        assert "tcp dport { 443, 80 }" not in nft
+        assert wiring(cluster, host)["database"] == FRONT
+
+
+def test_the_database_admits_the_gpu_servers_over_tls_only(cluster):
+    hba = (cluster / "front01/pg_hba.conf").read_text()
+    for address in GPUS.values():
+        assert "hostssl all       all       %s/32   scram-sha-256" % address in hba
+        assert "host    all       all       %s/32" % address not in hba
+    assert "listen_addresses = '127.0.0.1,::1,%s'" % FRONT in (cluster / "front01/llm-appliance.conf").read_text()
+    nft = (cluster / "front01/llm-appliance.nft").read_text()
+    assert "tcp dport { 5432 } ip saddr { %s } accept" % ", ".join(GPUS.values()) in nft
+    assert "tcp dport { 443, 80 } ip saddr @https_v4 accept" in nft
+
+
+def test_the_front_keeps_gateway_redis_and_chat_on_loopback(cluster):
+    front = wiring(cluster, "front01")
+    assert front["litellm_listen_address"] == front["redis"] == front["database"] == "127.0.0.1"
+    assert front["edge_gateway_upstreams"] == ["127.0.0.1:4000", "127.0.0.1:4001"]
+    assert "bind 127.0.0.1 -::1\n" in (cluster / "front01/redis-llm-appliance.conf").read_text()
+
+
+def test_the_single_server_keeps_everything_on_loopback(single):
+    gpu01 = wiring(single, "gpu01")
+    assert gpu01["firewall_cluster_admits"] == [] and gpu01["site_addresses"] == []
+    assert gpu01["postgresql_listen_addresses"] == ["127.0.0.1", "::1"]
+    assert "hostssl" not in (single / "gpu01/pg_hba.conf").read_text()
+    assert set(deployments(single / "gpu01/config.yaml")["code"]) == {"http://127.0.0.1:8001/v1"}
+    for unit in (single / "gpu01").glob("vllm-*.service"):
+        text = unit.read_text()
+        assert "--host 127.0.0.1 " in text
+        allowed = [line for line in text.splitlines() if line.startswith("IPAddressAllow=")]
+        assert allowed == ["IPAddressAllow=localhost"]
