@@ -94,6 +94,7 @@ unit: venv
 
 molecule: venv image artefacts artefacts-cuda
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name default
+	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name cluster
 
 test: deps lint unit molecule
 

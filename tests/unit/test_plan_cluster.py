@@ -1,9 +1,10 @@
 """The site's plan over several GPU hosts: replicas on different hosts, stable when hosts are added."""
 import pytest
+from ansible.errors import AnsibleFilterError
 
 from llm_appliance.plan import PlanError
 from llm_appliance.plan.decide import host_plan, plan_cluster, plan_site
-from tests.unit.test_plan import GEMMA_3_27B, LLAMA_8B, LLAMA_8B_BYTES, QWEN_CODER_32B, h100s
+from tests.unit.test_plan import GEMMA_3_27B, LLAMA_8B, LLAMA_8B_BYTES, QWEN_CODER_32B, h100s, load_filter_plugin
 
 CODER = {"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B, "weights_bytes": 65527752704,
          "quantization": "fp8", "tensor_parallel_size": 2, "aliases": ["code"]}
@@ -93,3 +94,15 @@ def test_one_host_plan_is_the_single_server_plan():
 def test_no_gpu_host_is_refused():
     with pytest.raises(PlanError, match="no GPU host to plan for: put the hosts that serve models in the gpu_hosts"):
         plan_cluster([CHAT], {})
+
+
+def test_a_limited_run_plans_the_whole_site_from_declared_gpus():
+    planner = load_filter_plugin("planner")
+    # gpu01 is in this run (its GPUs read), gpu02 is not: its declared GPUs count.
+    hostvars = {"gpu01": {"appliance_plan_gpus": h100s(4)}, "gpu02": {"appliance_gpus": h100s(2)}, "gpu03": {}}
+    assert planner.appliance_plan_hosts(["gpu01", "gpu02"], hostvars) == {"gpu01": h100s(4), "gpu02": h100s(2)}
+    with pytest.raises(AnsibleFilterError, match="gpu03 is outside this run and has no GPUs declared: run without "
+                                                  "--limit, or declare appliance_gpus for it"):
+        planner.appliance_plan_hosts(["gpu01", "gpu03"], hostvars)
+    # The CPU engine needs no GPUs.
+    assert planner.appliance_plan_hosts(["gpu03"], hostvars, engine="cpu") == {"gpu03": {}}
