@@ -114,3 +114,18 @@ def test_the_single_server_keeps_everything_on_loopback(single):
         assert "--host 127.0.0.1 " in text
         allowed = [line for line in text.splitlines() if line.startswith("IPAddressAllow=")]
         assert allowed == ["IPAddressAllow=localhost"]
+
+
+def test_the_readme_s_plan_command_for_the_cluster(tmp_path):
+    """`ansible-playbook playbooks/plan.yml -i inventory/example-cluster`, from a shell that only
+    activated the venv: the plan of every server, written under the build directory."""
+    venv_bin = Path(sys.executable).parent
+    env = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(venv_bin.parent),
+           "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8", "APPLIANCE_BUILD_DIR": str(tmp_path)}
+    result = subprocess.run(["ansible-playbook", "playbooks/plan.yml", "-i", "inventory/example-cluster"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for host, address in GPUS.items():
+        assert '"%s (engines at %s):",' % (host, address) in result.stdout
+    assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == [
+        "plan-gpu01.json", "plan-gpu02.json", "plan-gpu03.json", "site-plan.json"]
