@@ -18,7 +18,7 @@ LITELLM_VERSION := 1.100.5
 OPEN_WEBUI_VERSION := 0.12.4
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
-.PHONY: help venv lock deps docker image artefacts artefacts-cuda lint unit molecule test demo demo-destroy bench clean
+.PHONY: help venv lock deps docker image artefacts artefacts-cuda lint unit molecule-inputs molecule test demo demo-destroy bench clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -92,11 +92,18 @@ lint: venv
 unit: venv
 	pytest
 
-molecule: venv image artefacts artefacts-cuda
+# What the scenarios converge from: the test image, the models and every wheelhouse.
+molecule-inputs: venv image artefacts artefacts-cuda
+
+molecule: molecule-inputs
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name default
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name cluster
 
-test: deps lint unit molecule
+# The unit tests run while the image is built and the wheelhouses are downloaded (network and
+# disk more than CPU), so that the scenarios start sooner.
+test: deps lint
+	$(MAKE) --jobs=2 --output-sync=target unit molecule-inputs
+	$(MAKE) molecule
 
 demo: venv image artefacts
 	@# molecule's record of a container that is gone (removed by hand, or by another checkout's
