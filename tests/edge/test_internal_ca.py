@@ -1,8 +1,8 @@
-"""The edge role's internal CA, made for real by community.crypto on the controller (paths in a
-temporary directory): a CA on the controller only, its key encrypted, constrained to the site's
-domain; a server certificate for both names, nothing changed on a second run, a server certificate
-close to its end signed again, and one signed by an older CA (the one that lived on the host)
-replaced."""
+"""The appliance's internal CA (role internal_ca) as the edge role uses it, made for real by
+community.crypto on the controller (paths in a temporary directory): a CA on the controller only,
+its key encrypted, constrained to the site's domain; a server certificate for both names, nothing
+changed on a second run, a server certificate close to its end signed again, and one signed by an
+older CA (the one that lived on the host) replaced."""
 import grp
 import os
 import re
@@ -19,8 +19,8 @@ PASSPHRASE = "a-passphrase-from-the-vault"
 def make(tmp_path, **extra):
     variables = {"appliance_site_name": "demo", "edge_chat_server_name": CHAT_NAME, "edge_api_server_name": API_NAME,
                  "appliance_domain": "demo.internal", "vault_edge_ca_passphrase": PASSPHRASE,
-                 "edge_internal_ca_controller_dir": str(tmp_path / "controller-ca"),
-                 "edge_ca_dir": str(tmp_path / "ca"), "edge_tls_dir": str(tmp_path / "tls"),
+                 "internal_ca_controller_dir": str(tmp_path / "controller-ca"),
+                 "internal_ca_host_dir": str(tmp_path / "ca"), "edge_tls_dir": str(tmp_path / "tls"),
                  "edge_www_dir": str(tmp_path / "www"),
                  "edge_ca_controller_path": str(tmp_path / "controller" / "ca.crt"),
                  **extra}
@@ -91,7 +91,7 @@ def test_a_server_name_outside_the_domain_is_refused_before_anything_is_made(tmp
     proc = run_playbook(HERE / "internal_ca.yml", {
         "appliance_site_name": "demo", "appliance_domain": "demo.internal", "vault_edge_ca_passphrase": PASSPHRASE,
         "edge_chat_server_name": "chat.elsewhere.org", "edge_api_server_name": API_NAME,
-        "edge_internal_ca_controller_dir": str(tmp_path / "controller-ca"), "edge_ca_dir": str(tmp_path / "ca"),
+        "internal_ca_controller_dir": str(tmp_path / "controller-ca"), "internal_ca_host_dir": str(tmp_path / "ca"),
         "edge_tls_dir": str(tmp_path / "tls"), "edge_www_dir": str(tmp_path / "www"),
         "edge_ca_controller_path": str(tmp_path / "controller" / "ca.crt")}, check=False)
     assert proc.returncode != 0
@@ -131,7 +131,7 @@ def test_server_certificate_near_its_end_is_signed_again(tmp_path):
     make(tmp_path)
     before = (tmp_path / "tls" / "server.crt").read_text()
     ca_before = (tmp_path / "controller-ca" / "ca.crt").read_text()
-    changed, _ = make(tmp_path, edge_internal_cert_renew_days=400)  # longer than its 397 days
+    changed, _ = make(tmp_path, internal_ca_cert_renew_days=400)  # longer than its 397 days
     assert changed > 0
     assert (tmp_path / "tls" / "server.crt").read_text() != before
     assert (tmp_path / "controller-ca" / "ca.crt").read_text() == ca_before

@@ -35,7 +35,7 @@ PORT = int(os.environ.get("EDGE_TEST_HTTPS_PORT", "443"))
 ORIGIN = "https://%s%s" % (CHAT_NAME, "" if PORT == 443 else ":%d" % PORT)
 ADMIN_EMAIL = os.environ.get("EDGE_TEST_ADMIN_EMAIL", "admin@demo.internal")
 ADMIN_PASSWORD = os.environ.get("EDGE_TEST_ADMIN_PASSWORD", "demo-admin-password")
-CA_ON_HOST = "/etc/llm-appliance/edge-ca/ca.crt"
+CA_ON_HOST = "/etc/llm-appliance/ca/ca.crt"
 # The real engine on CPU: the first reply may take a while.
 REPLY_TIMEOUT = 300
 

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CHAT, API = "chat.demo.internal", "api.demo.internal"
-CA = "/etc/llm-appliance/edge-ca/ca.crt"
+CA = "/etc/llm-appliance/ca/ca.crt"
 GATEWAY_KEY = "sk-demo-open-webui-service-key"
 ADMIN = {"email": "admin@demo.internal", "password": "demo-admin-password"}
 
@@ -148,8 +148,10 @@ def test_port_80_redirects_to_https(host):
 def test_the_ca_lives_on_the_controller_and_only_its_certificate_on_the_host(host):
     on_host = host.file(CA)
     assert on_host.mode == 0o644
-    assert host.run("ls /etc/llm-appliance/edge-ca").stdout.split() == ["ca.crt"]
-    assert host.run("find / -xdev -name ca.key -path '*edge*' 2>/dev/null").stdout.strip() == ""
+    assert host.run("ls /etc/llm-appliance/ca").stdout.split() == ["ca.crt"]
+    # Older releases' directory (with the CA's key) is gone.
+    assert not host.file("/etc/llm-appliance/edge-ca").exists
+    assert host.run("find /etc /var /opt /root -xdev -name ca.key 2>/dev/null").stdout.strip() == ""
     assert (ROOT / "build" / "edge" / "demo-ca.crt").read_text() == on_host.content_string
     controller_key = ROOT / "build" / "ca" / "demo" / "ca.key"
     assert "BEGIN ENCRYPTED PRIVATE KEY" in controller_key.read_text()

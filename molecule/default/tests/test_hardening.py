@@ -10,7 +10,7 @@ import pytest
 from test_gateway import KEYS, PORTS, PSQL, chat, completion, post, usage_rows
 
 API = "api.demo.internal"
-CA = "/etc/llm-appliance/edge-ca/ca.crt"
+CA = "/etc/llm-appliance/ca/ca.crt"
 KEYS_FILE = "/etc/llm-appliance/litellm/keys.json"
 SPOOL = "/var/lib/llm-appliance/litellm/spool"
 
