@@ -46,11 +46,14 @@ def appliance_remote_clients(me, client_hosts, hostvars):
 
 
 def appliance_engine_endpoints(gpu_hosts, gateway_hosts, hostvars):
-    """Each GPU host's engine address: loopback while its own host is the only gateway, else its
-    cluster address (where the firewall admits the gateway hosts alone)."""
-    return {host: {"address": LOOPBACK if list(gateway_hosts) == [host] else appliance_host_address(host, hostvars),
-                   "scheme": "http"}
-            for host in gpu_hosts}
+    """Each GPU host's engine address: loopback and plain http while its own host is the only
+    gateway, else its cluster address over TLS (the internal CA's certificate; the firewall admits
+    the gateway hosts alone)."""
+    def endpoint(host):
+        if list(gateway_hosts) == [host]:
+            return {"address": LOOPBACK, "scheme": "http"}
+        return {"address": appliance_host_address(host, hostvars), "scheme": "https"}
+    return {host: endpoint(host) for host in gpu_hosts}
 
 
 def _group(groups, name):

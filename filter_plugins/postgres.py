@@ -2,26 +2,25 @@
 
 from ansible.errors import AnsibleFilterError
 
-from llm_appliance.postgres import libpq_dsn, postgres_url, sslmode_for, systemd_env_value
+from llm_appliance.postgres import libpq_dsn, postgres_url, systemd_env_value, tls_for
 
 
-def appliance_pg_dsn(params):
-    """{{ {'host': h, 'port': p, 'dbname': d, 'user': u, 'password': pw} | appliance_pg_dsn }}; TLS
-    required (sslmode) when the host is not loopback."""
+def appliance_pg_dsn(params, ca_file=""):
+    """{{ {'host': h, 'port': p, 'dbname': d, 'user': u, 'password': pw} | appliance_pg_dsn(ca_file) }};
+    TLS checked against ca_file (verify-full) when the host is not loopback."""
     try:
         params = dict(params)
-        params.setdefault("sslmode", sslmode_for(params.get("host", "")))
-        return libpq_dsn(params)
+        return libpq_dsn({**tls_for(params.get("host", ""), ca_file), **params})
     except (ValueError, TypeError) as exc:
         raise AnsibleFilterError(f"appliance_pg_dsn: {exc}") from None
 
 
-def appliance_pg_url(params):
-    """{{ {'host': h, 'port': p, 'dbname': d, 'user': u, 'password': pw} | appliance_pg_url }}; TLS
-    required when the host is not loopback."""
+def appliance_pg_url(params, ca_file=""):
+    """{{ {'host': h, 'port': p, 'dbname': d, 'user': u, 'password': pw} | appliance_pg_url(ca_file) }};
+    TLS checked against ca_file (verify-full) when the host is not loopback."""
     try:
         return postgres_url(params["user"], params["password"], params["host"], params["port"], params["dbname"],
-                            params.get("sslmode", sslmode_for(params["host"])))
+                            tls_for(params["host"], ca_file))
     except (KeyError, ValueError, TypeError) as exc:
         raise AnsibleFilterError(f"appliance_pg_url: needs user, password, host, port and dbname ({exc})") from None
 

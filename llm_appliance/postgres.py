@@ -25,18 +25,26 @@ def libpq_dsn(params: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-def postgres_url(user: str, password: str, host: str, port: int | str, dbname: str, sslmode: str = "") -> str:
-    """postgresql://user:password@host:port/dbname[?sslmode=...] with every part that may hold anything encoded."""
+def postgres_url(user: str, password: str, host: str, port: int | str, dbname: str,
+                 tls: Mapping[str, str] | None = None) -> str:
+    """postgresql://user:password@host:port/dbname[?sslmode=...&sslrootcert=...] with every part that may hold
+    anything encoded."""
     host_part = f"[{host}]" if ":" in str(host) else str(host)
-    query = f"?sslmode={quote(str(sslmode), safe='')}" if sslmode else ""
+    query = ("?" + "&".join(f"{key}={quote(str(value), safe='/')}" for key, value in tls.items())) if tls else ""
     return (f"postgresql://{quote(str(user), safe='')}:{quote(str(password), safe='')}"
             f"@{host_part}:{int(port)}/{quote(str(dbname), safe='')}{query}")
 
 
-def sslmode_for(host: str) -> str:
-    """TLS is required towards a database on another host (its pg_hba admits remote hosts over TLS
-    only); over loopback libpq's default stands."""
-    return "" if str(host) in ("127.0.0.1", "::1", "localhost") or str(host).startswith("/") else "require"
+def tls_for(host: str, ca_file: str) -> dict[str, str]:
+    """Towards a database on another host, TLS with the server's certificate checked against the
+    internal CA, name or address included (verify-full: its pg_hba admits remote hosts over TLS
+    only); over loopback libpq's defaults stand."""
+    if str(host) in ("127.0.0.1", "::1", "localhost") or str(host).startswith("/"):
+        return {}
+    if not ca_file:
+        raise ValueError(f"the database at {host} is on another host: "
+                         "the CA file that signed its certificate is needed")
+    return {"sslmode": "verify-full", "sslrootcert": str(ca_file)}
 
 
 def systemd_env_value(value: object) -> str:

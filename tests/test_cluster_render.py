@@ -18,11 +18,12 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 FRONT, GPUS = "10.20.0.10", {"gpu01": "10.20.0.11", "gpu02": "10.20.0.12", "gpu03": "10.20.0.13"}
 
 
-def render(inventory, out):
+def render(inventory, out, *more_inventories):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                CLUSTER_RENDER_DIR=str(out))
-    result = subprocess.run([str(ANSIBLE_PLAYBOOK), str(REPO / "tests/cluster_render.yml"), "-i",
-                             str(REPO / inventory), "-e", "appliance_plan_output_dir=%s" % (out / "plans")],
+    inventories = [arg for path in (REPO / inventory, *more_inventories) for arg in ("-i", str(path))]
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), str(REPO / "tests/cluster_render.yml"), *inventories,
+                             "-e", "appliance_plan_output_dir=%s" % (out / "plans")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return out
@@ -62,10 +63,13 @@ def test_the_site_plan_puts_replicas_on_different_servers(cluster):
 
 def test_the_gateway_routes_each_alias_over_its_replicas(cluster):
     routes = deployments(cluster / "front01/config.yaml")
-    assert routes["code"] == routes["qwen-coder"] == ["http://%s:8001/v1" % a for a in GPUS.values()]
-    assert routes["chat"] == ["http://%s:8002/v1" % GPUS[h] for h in ("gpu01", "gpu02")]
-    router = yaml.safe_load((cluster / "front01/config.yaml").read_text())["router_settings"]
+    assert routes["code"] == routes["qwen-coder"] == ["https://%s:8001/v1" % a for a in GPUS.values()]
+    assert routes["chat"] == ["https://%s:8002/v1" % GPUS[h] for h in ("gpu01", "gpu02")]
+    config = yaml.safe_load((cluster / "front01/config.yaml").read_text())
+    router = config["router_settings"]
     assert router["num_retries"] >= 1 and router["allowed_fails"] >= 1 and router["cooldown_time"] > 0
+    # The engines' certificates are checked against the internal CA alone.
+    assert config["litellm_settings"]["ssl_verify"] == "/etc/llm-appliance/ca/ca.crt"
 
 
 def test_engines_listen_on_the_cluster_address_open_to_the_front_alone(cluster):
@@ -75,8 +79,14 @@ def test_engines_listen_on_the_cluster_address_open_to_the_front_alone(cluster):
         for unit in units:
             text = unit.read_text()
             assert "--host %s " % address in text
-            # The front (the gateway), and the host itself (its own checks reach the cluster address).
-            assert "IPAddressAllow=%s\n" % FRONT in text and "IPAddressAllow=%s\n" % address in text
+            command = " ".join(text.replace("\\\n", " ").split())
+            assert ("--ssl-keyfile /etc/llm-appliance/vllm/tls/engine.key "
+                    "--ssl-certfile /etc/llm-appliance/vllm/tls/engine.crt") in command
+            # The front (the gateway), and the host itself (its own checks reach the cluster address);
+            # not the other GPU servers.
+            allowed = sorted(line for line in text.splitlines() if line.startswith("IPAddressAllow="))
+            assert allowed == sorted(["IPAddressAllow=localhost", "IPAddressAllow=%s" % FRONT,
+                                      "IPAddressAllow=%s" % address]), allowed
         nft = (cluster / host / "llm-appliance.nft").read_text()
         ports = "8001, 8002" if host != "gpu03" else "8001"
         assert "tcp dport { %s } ip saddr { %s } accept" % (ports, FRONT) in nft
@@ -90,10 +100,30 @@ def test_the_database_admits_the_gpu_servers_over_tls_only(cluster):
     for address in GPUS.values():
         assert "hostssl all       all       %s/32   scram-sha-256" % address in hba
         assert "host    all       all       %s/32" % address not in hba
-    assert "listen_addresses = '127.0.0.1,::1,%s'" % FRONT in (cluster / "front01/llm-appliance.conf").read_text()
+    settings = (cluster / "front01/llm-appliance.conf").read_text()
+    assert "listen_addresses = '127.0.0.1,::1,%s'" % FRONT in settings
+    # Its own certificate from the internal CA, which the clients check (verify-full).
+    assert "ssl_cert_file = '/etc/postgresql/llm-appliance-tls/server.crt'" in settings
     nft = (cluster / "front01/llm-appliance.nft").read_text()
     assert "tcp dport { 5432 } ip saddr { %s } accept" % ", ".join(GPUS.values()) in nft
     assert "tcp dport { 443, 80 } ip saddr @https_v4 accept" in nft
+
+
+def test_a_fourth_gpu_server_changes_nothing_on_the_three_that_run(cluster, tmp_path):
+    """README: add a GPU server named after the others and nothing that runs moves or restarts."""
+    grown = tmp_path / "gpu04.yml"
+    grown.write_text("all:\n  children:\n    gpu_hosts:\n      hosts:\n        gpu04:\n"
+                     "          ansible_host: 10.20.0.14\n")
+    after = render("inventory/example-cluster", tmp_path / "grown", grown)
+    for host in GPUS:
+        units = sorted(path.name for path in (cluster / host).glob("vllm-*.service"))
+        assert units == sorted(path.name for path in (after / host).glob("vllm-*.service"))
+        for name in units:
+            assert (after / host / name).read_text() == (cluster / host / name).read_text(), (host, name)
+    # The catalog asks for no more replicas: the new server waits, free, and the routes stay.
+    plan = json.loads((after / "plans/site-plan.json").read_text())
+    assert plan["hosts"]["gpu04"]["address"] == "10.20.0.14" and not list((after / "gpu04").glob("vllm-*"))
+    assert deployments(after / "front01/config.yaml") == deployments(cluster / "front01/config.yaml")
 
 
 def test_the_front_keeps_gateway_redis_and_chat_on_loopback(cluster):
@@ -108,10 +138,12 @@ def test_the_single_server_keeps_everything_on_loopback(single):
     assert gpu01["firewall_cluster_admits"] == [] and gpu01["site_addresses"] == []
     assert gpu01["postgresql_listen_addresses"] == ["127.0.0.1", "::1"]
     assert "hostssl" not in (single / "gpu01/pg_hba.conf").read_text()
+    assert "ssl_cert_file" not in (single / "gpu01/llm-appliance.conf").read_text()
     assert set(deployments(single / "gpu01/config.yaml")["code"]) == {"http://127.0.0.1:8001/v1"}
+    assert "ssl_verify" not in yaml.safe_load((single / "gpu01/config.yaml").read_text())["litellm_settings"]
     for unit in (single / "gpu01").glob("vllm-*.service"):
         text = unit.read_text()
-        assert "--host 127.0.0.1 " in text
+        assert "--host 127.0.0.1 " in text and "--ssl-" not in text
         allowed = [line for line in text.splitlines() if line.startswith("IPAddressAllow=")]
         assert allowed == ["IPAddressAllow=localhost"]
 

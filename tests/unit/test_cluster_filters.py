@@ -25,13 +25,13 @@ def test_the_cluster_address_comes_from_the_inventory_then_the_facts_then_ansibl
         cluster.appliance_host_address("lonely", {"lonely": {}})
 
 
-def test_services_listen_beyond_loopback_only_for_clients_elsewhere():
+def test_services_listen_beyond_loopback_only_for_clients_elsewhere_and_engines_there_over_tls():
     assert cluster.appliance_listen_addresses("front", ["front"], HOSTVARS) == ["127.0.0.1"]
     assert cluster.appliance_listen_addresses("front", ["front", "gpu1"], HOSTVARS,
                                               ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1", "10.0.0.10"]
     endpoints = cluster.appliance_engine_endpoints(["gpu1", "gpu2"], ["gpu1"], HOSTVARS)
     assert endpoints == {"gpu1": {"address": "127.0.0.1", "scheme": "http"},
-                         "gpu2": {"address": "10.0.0.12", "scheme": "http"}}
+                         "gpu2": {"address": "10.0.0.12", "scheme": "https"}}
 
 
 def test_each_service_admits_exactly_the_hosts_that_use_it():

@@ -1,6 +1,7 @@
 """Connection strings that survive any password: parsed back by libpq itself (psycopg's
 conninfo_to_dict calls PQconninfoParse) to exactly what went in."""
 import pytest
+from ansible.errors import AnsibleFilterError
 from psycopg.conninfo import conninfo_to_dict
 
 from llm_appliance.postgres import libpq_dsn, postgres_url, systemd_env_value
@@ -38,12 +39,17 @@ def test_systemd_env_value_escapes_what_systemd_unescapes():
         systemd_env_value("two\nlines")
 
 
-def test_a_database_on_another_host_is_reached_over_tls_only():
-    """pg_hba admits the site's other hosts with hostssl: their clients require TLS; loopback keeps libpq's default."""
+def test_a_database_on_another_host_is_reached_over_tls_checked_against_the_internal_ca():
+    """pg_hba admits the site's other hosts with hostssl: their clients check the server's certificate
+    (name or address) against the internal CA; loopback keeps libpq's defaults."""
     postgres = load_filter_plugin("postgres")
     remote = {"host": "10.20.0.10", "port": 5432, "dbname": "llm_appliance", "user": "llm_gateway", "password": "x"}
-    assert conninfo_to_dict(postgres.appliance_pg_dsn(remote))["sslmode"] == "require"
-    assert conninfo_to_dict(postgres.appliance_pg_url(remote))["sslmode"] == "require"
+    ca = "/etc/llm-appliance/ca/ca.crt"
+    for conninfo in (postgres.appliance_pg_dsn(remote, ca), postgres.appliance_pg_url(remote, ca)):
+        parsed = conninfo_to_dict(conninfo)
+        assert (parsed["sslmode"], parsed["sslrootcert"], parsed["host"]) == ("verify-full", ca, "10.20.0.10")
+    with pytest.raises(AnsibleFilterError, match="the database at 10.20.0.10 is on another host: the CA file"):
+        postgres.appliance_pg_dsn(remote)
     local = dict(remote, host="127.0.0.1")
-    assert "sslmode" not in conninfo_to_dict(postgres.appliance_pg_dsn(local))
-    assert "sslmode" not in conninfo_to_dict(postgres.appliance_pg_url(local))
+    for conninfo in (postgres.appliance_pg_dsn(local, ca), postgres.appliance_pg_url(local, ca)):
+        assert "sslmode" not in conninfo_to_dict(conninfo) and "sslrootcert" not in conninfo_to_dict(conninfo)

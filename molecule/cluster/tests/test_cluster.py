@@ -1,8 +1,9 @@
 """Three hosts, one appliance: the front routes one model over its replicas on two GPU hosts.
 
 Requests spread over both replicas (the usage rows' deployment column), a GPU host whose engine
-stops costs no non-streaming request, and the GPU hosts' firewalls admit the front alone to the
-engine ports. Traffic stays on the scenario's own Docker network.
+stops costs no non-streaming request, the engines speak TLS with certificates from the internal CA,
+and the GPU hosts' firewalls admit the front alone to the engine ports. Traffic stays on the
+scenario's own Docker network.
 """
 import collections
 import json
@@ -21,6 +22,8 @@ ALICE = "sk-demo-alice-0123456789"
 # The report's role may read the usage rows (the gateway's may only insert them).
 PSQL = "PGPASSWORD=demo-report-db-password psql -w -h 127.0.0.1 -U llm_report -d llm_appliance -At -c"
 UNIT = "vllm-tiny-code.service"
+ENGINE_KEY = "demo-vllm-engine-key"
+CA = "/etc/llm-appliance/ca/ca.crt"
 
 
 def gpu_host(name):
@@ -49,7 +52,8 @@ def deployments(host, agent, expected, timeout=60):
 def wait_healthy(host, address, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if host.run("curl -sf --max-time 5 %s", "http://%s:%d/health" % (address, ENGINE_PORT)).rc == 0:
+        url = "https://%s:%d/health" % (address, ENGINE_PORT)
+        if host.run("curl -sf --max-time 5 --cacert %s %s", CA, url).rc == 0:
             return
         time.sleep(3)
     raise AssertionError("engine at %s did not come back" % address)
@@ -116,9 +120,30 @@ def test_a_gpu_host_lost_under_load_costs_no_request(host):
 
 
 @pytest.mark.parametrize("target", [GPU1, GPU2])
+def test_engines_speak_tls_with_the_internal_cas_certificate_for_their_address(host, target):
+    wait_healthy(host, target)
+    url = "https://%s:%d/v1/models" % (target, ENGINE_PORT)
+    models = host.run("curl -sS --fail --max-time 10 --cacert %s -H %s %s", CA,
+                      "Authorization: Bearer " + ENGINE_KEY, url)
+    assert models.rc == 0 and "tiny-code" in models.stdout, models.stderr
+    # Without the engine key: refused; in plain http: no answer at all.
+    assert host.run("curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --cacert %s %s", CA, url).stdout == "401"
+    plain = host.run("curl -sS --max-time 10 %s", "http://%s:%d/health" % (target, ENGINE_PORT))
+    assert plain.rc != 0, plain.stdout
+    # Signed by the CA that stays on the controller, for the address the gateway uses.
+    served = host.run("openssl s_client -connect %s -CAfile %s -verify_ip %s -verify_return_error </dev/null",
+                      "%s:%d" % (target, ENGINE_PORT), CA, target)
+    assert served.rc == 0 and "Verify return code: 0 (ok)" in served.stdout, served.stdout + served.stderr
+    gpu = gpu_host("cluster-gpu1" if target == GPU1 else "cluster-gpu2")
+    key = gpu.file("/etc/llm-appliance/vllm/tls/engine.key")
+    assert (key.user, key.group, key.mode) == ("root", "vllm", 0o640)
+    assert not gpu.file("/etc/llm-appliance/ca/ca.key").exists
+
+
+@pytest.mark.parametrize("target", [GPU1, GPU2])
 def test_engine_ports_admit_the_front_alone(host, target):
     wait_healthy(host, target)
-    url = "http://%s:%d/health" % (target, ENGINE_PORT)
+    url = "https://%s:%d/health" % (target, ENGINE_PORT)
     other = gpu_host("cluster-gpu2" if target == GPU1 else "cluster-gpu1")
     refused = other.run("curl -sS --max-time 5 %s", url)
     # Dropped by the input filter: the connection times out (curl 28) rather than being refused.
@@ -129,7 +154,9 @@ def test_engine_ports_admit_the_front_alone(host, target):
 
 
 # What a client on a GPU host gets from PostgreSQL at the front: the server's first answer to a
-# startup message, in plain TCP and after TLS (python3 alone: no client is installed there).
+# startup message, in plain TCP and after TLS, the server's certificate checked against the internal
+# CA for the name or address asked for, as libpq's sslmode=verify-full does (python3 alone: no
+# client is installed there).
 PG_PROBE = r"""
 import socket, ssl, struct, sys
 def startup():
@@ -146,19 +173,24 @@ sock = socket.create_connection((sys.argv[1], 5432), timeout=10)
 if sys.argv[2] == "tls":
     sock.sendall(struct.pack("!II", 8, 80877103))
     assert sock.recv(1) == b"S"
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    sock = context.wrap_socket(sock)
+    context = ssl.create_default_context(cafile="/etc/llm-appliance/ca/ca.crt")
+    try:
+        sock = context.wrap_socket(sock, server_hostname=sys.argv[3])
+    except ssl.SSLCertVerificationError as exc:
+        sys.exit("certificate refused: %s" % exc.verify_message)
 sock.sendall(startup())
 print(answer(sock))
 """
 
 
-def test_the_database_admits_the_gpu_hosts_over_tls_with_scram_only(host):
+def test_the_database_admits_the_gpu_hosts_over_verified_tls_with_scram_only(host):
     sockets = {s for s in host.socket.get_listening_sockets() if s.endswith(":5432")}
     assert "tcp://%s:5432" % FRONT in sockets
     gpu1 = gpu_host("cluster-gpu1")
     plain = gpu1.check_output("python3 -c %s %s plain", PG_PROBE, FRONT)
     assert plain.startswith("error ") and "no encryption" in plain, plain
     # Over TLS the server asks for SCRAM (authentication request 10, SASL; -PLUS binds it to the channel).
-    assert gpu1.check_output("python3 -c %s %s tls", PG_PROBE, FRONT).startswith("auth 10 SCRAM-SHA-256")
+    assert gpu1.check_output("python3 -c %s %s tls %s", PG_PROBE, FRONT, FRONT).startswith("auth 10 SCRAM-SHA-256")
+    # Its certificate is the internal CA's for the front's address, and for nothing else.
+    other = gpu1.run("python3 -c %s %s tls %s", PG_PROBE, FRONT, "db.elsewhere.internal")
+    assert other.rc != 0 and "certificate refused" in other.stderr and "mismatch" in other.stderr, other.stderr
