@@ -61,11 +61,13 @@ def _group(groups, name):
 
 
 def appliance_cluster_admits(me, groups, hostvars, engine_ports=(), gateway_ports=(), redis_port=6379,
-                             database_port=5432):
+                             database_port=5432, pipeline_hosts=()):
     """What this host's firewall admits from the site's other hosts, by service: its engines from the
     gateway hosts, its gateway instances from the chat hosts (nginx), Redis (first gateway host) from
     the other gateway hosts, PostgreSQL from the gateway, chat and GPU hosts (usage rows, chat
-    data, GPU samples). A list of {service, ports, sources}; services with no remote client are left out."""
+    data, GPU samples), and every TCP port from the other hosts of this host's pipeline (a model over
+    several hosts: Ray and vLLM's stages talk on ports they pick). A list of {service, ports,
+    sources}, ports empty for every port; services with no remote client are left out."""
     gateway_hosts, gpu_hosts = _group(groups, "gateway_hosts"), _group(groups, "gpu_hosts")
     services = []
     if me in gpu_hosts:
@@ -76,10 +78,12 @@ def appliance_cluster_admits(me, groups, hostvars, engine_ports=(), gateway_port
             services.append(("redis", [redis_port], gateway_hosts))
     if me in _group(groups, "db_hosts"):
         services.append(("postgresql", [database_port], gateway_hosts + _group(groups, "chat_hosts") + gpu_hosts))
+    if me in pipeline_hosts:
+        services.append(("pipeline", [], list(pipeline_hosts)))
     admits = []
     for service, ports, clients in services:
         sources = appliance_remote_clients(me, clients, hostvars)
-        if ports and sources:
+        if (ports or service == "pipeline") and sources:
             admits.append({"service": service, "ports": sorted(int(p) for p in ports), "sources": sources})
     return admits
 

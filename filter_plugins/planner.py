@@ -50,8 +50,9 @@ def appliance_host_plan(plan, host):
 
 
 def appliance_host_catalog(models, plan):
-    """The catalog entries a host stores weights for: those planned on it, and the retired ones."""
-    planned = {m["name"] for m in plan["models"]}
+    """The catalog entries a host stores weights for: those planned on it, those it runs a pipeline
+    stage of (Ray's workers there load their layers from the same path), and the retired ones."""
+    planned = {m["name"] for m in plan["models"]} | {s["model"] for s in plan.get("pipeline_stages", [])}
     return [m for m in models if m["name"] in planned or m.get("state", "present") == "absent"]
 
 
@@ -92,6 +93,8 @@ def appliance_vllm_units(plan, model_paths):
             # Checked before each start (ExecStartPre): these GPUs, this kind, enough free memory.
             "gpu_check": model.get("gpu_devices", []),
             "gpu_memory_utilization": model["gpu_memory_utilization"],
+            # A model over several hosts: this engine heads the pipeline on their Ray cluster.
+            **({"nodes": model["nodes"]} if model.get("nodes") else {}),
         })
     return units
 

@@ -18,12 +18,13 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 FRONT, GPUS = "10.20.0.10", {"gpu01": "10.20.0.11", "gpu02": "10.20.0.12", "gpu03": "10.20.0.13"}
 
 
-def render(inventory, out, *more_inventories):
+def render(inventory, out, *more_inventories, extra_vars=None):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                CLUSTER_RENDER_DIR=str(out))
     inventories = [arg for path in (REPO / inventory, *more_inventories) for arg in ("-i", str(path))]
     result = subprocess.run([str(ANSIBLE_PLAYBOOK), str(REPO / "tests/cluster_render.yml"), *inventories,
-                             "-e", "appliance_plan_output_dir=%s" % (out / "plans")],
+                             "-e", "appliance_plan_output_dir=%s" % (out / "plans"),
+                             *(["-e", "@%s" % extra_vars] if extra_vars else [])],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return out
@@ -161,3 +162,47 @@ def test_the_readme_s_plan_command_for_the_cluster(tmp_path):
         assert '"%s (engines at %s):",' % (host, address) in result.stdout
     assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == [
         "plan-gpu01.json", "plan-gpu02.json", "plan-gpu03.json", "site-plan.json"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The cluster example with a model larger than one server (Llama 3.1 405B in fp8 over two)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    from tests.unit.test_plan_pipeline import LLAMA_405B, LLAMA_405B_BYTES
+    (out / "config.json").write_text(json.dumps(LLAMA_405B))
+    catalog = {"appliance_models": [
+        {"name": "llama-405b", "profile": "chat", "aliases": ["big"], "source": "mirror",
+         "hf_repo": "meta-llama/Llama-3.1-405B-Instruct", "revision": "0" * 40,
+         "config_path": str(out / "config.json"), "weights_bytes": LLAMA_405B_BYTES, "quantization": "fp8",
+         "max_model_len": 16384, "nodes": 2}]}
+    (out / "catalog.yml").write_text(yaml.safe_dump(catalog))
+    return render("inventory/example-cluster", out / "rendered", extra_vars=out / "catalog.yml")
+
+
+def test_a_model_over_two_servers_runs_on_a_ray_cluster_of_those_two(pipeline):
+    head, worker = (pipeline / "gpu01/llm-appliance-ray.service").read_text(), \
+        (pipeline / "gpu02/llm-appliance-ray.service").read_text()
+    assert "--head --port=6380" in head and "--address=%s:6380" % GPUS["gpu01"] in worker
+    for host, text in (("gpu01", head), ("gpu02", worker)):
+        assert "--node-ip-address=%s" % GPUS[host] in text and "--num-gpus=4" in text
+        assert "Environment=CUDA_VISIBLE_DEVICES=0,1,2,3\n" in text and "Environment=RAY_AUTH_MODE=token\n" in text
+        assert "--disable-usage-stats" in text and "Environment=RAY_USAGE_STATS_ENABLED=0\n" in text
+        # The pipeline's two hosts, nobody else.
+        allowed = sorted(line for line in text.splitlines() if line.startswith("IPAddressAllow="))
+        assert allowed == ["IPAddressAllow=%s" % GPUS["gpu01"], "IPAddressAllow=%s" % GPUS["gpu02"],
+                           "IPAddressAllow=localhost"]
+        nft = (pipeline / host / "llm-appliance.nft").read_text()
+        other = GPUS["gpu02" if host == "gpu01" else "gpu01"]
+        assert "meta l4proto tcp ip saddr { %s } accept" % other in nft
+    assert not (pipeline / "gpu03/llm-appliance-ray.service").exists()
+    assert "meta l4proto tcp" not in (pipeline / "gpu03/llm-appliance.nft").read_text()
+    # One engine, on the first host, with vLLM's multi-node arguments and the cluster's address.
+    assert [p.name for p in (pipeline / "gpu01").glob("vllm-*.service")] == ["vllm-llama-405b.service"]
+    assert not list((pipeline / "gpu02").glob("vllm-*.service"))
+    unit = (pipeline / "gpu01/vllm-llama-405b.service").read_text()
+    command = " ".join(unit.replace("\\\n", " ").split())
+    assert ("--tensor-parallel-size 4 --gpu-memory-utilization 0.90 --pipeline-parallel-size 2 "
+            "--distributed-executor-backend ray") in command
+    assert "Environment=RAY_ADDRESS=%s:6380\n" % GPUS["gpu01"] in unit and "After=llm-appliance-ray.service\n" in unit
+    # The gateway routes to it at its first host.
+    assert deployments(pipeline / "front01/config.yaml")["big"] == ["https://%s:8001/v1" % GPUS["gpu01"]]

@@ -158,6 +158,10 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append("%s (%s): GPUs %s, TP %d, port %d" % (
             model["name"], model["profile"], model["gpus"] or "none (CPU engine)",
             model["tensor_parallel_size"], model["port"]))
+        if model.get("nodes"):
+            lines.append("  pipeline: %d stages on %s (Ray), GPUs %s" % (
+                model["pipeline_parallel_size"], ", ".join(model["nodes"]),
+                "; ".join("%s %s" % (host, gpus) for host, gpus in model["node_gpus"].items())))
         lines.append("  memory per GPU: weights %.2f GiB, activations %.2f, non-torch %.2f, CUDA graphs %.2f, "
                      "KV cache %.2f GiB" % (memory["weights_gib_per_gpu"], memory["activation_peak_gib"],
                                             memory["non_torch_gib"], memory["cuda_graph_gib"],
@@ -167,6 +171,10 @@ def format_plan(plan: dict[str, Any]) -> str:
             model["predicted_tokens_per_s"] if model["predicted_tokens_per_s"] is not None else "n/a"))
         for reason in model["reasons"]:
             lines.append("  - " + reason)
+    for stage in plan.get("pipeline_stages", []):
+        if stage["rank"]:
+            lines.append("stage %d of %s (a Ray worker of %s's cluster): GPUs %s" % (
+                stage["rank"] + 1, stage["model"], stage["head"], stage["gpus"]))
     if plan.get("free_gpus"):
         lines.append("free GPUs: %s" % plan["free_gpus"])
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.errors import PlanError
 from llm_appliance.plan.memory import parse_version
-from llm_appliance.plan.placement import ModelRequest, Placement, Site, place
+from llm_appliance.plan.placement import ModelRequest, Placement, Site, place, place_across_hosts
 from llm_appliance.plan.speed import gpu_bandwidth_gbps, predict_decode, speed_reason
 
 # --- settings per profile ---------------------------------------------------------------------
@@ -70,8 +70,8 @@ CATALOG_FIELDS = {
     "max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
     "typical_request_tokens", "prefix_caching", "tensor_parallel_size", "gpu_memory_utilization",
     "share_gpus_with", "cpu_kvcache_space_gib",
-    # several GPU hosts: how many copies, and on which hosts
-    "replicas", "hosts",
+    # several GPU hosts: how many copies, on which hosts, and over how many hosts one copy runs
+    "replicas", "hosts", "nodes",
 }
 
 
@@ -154,8 +154,11 @@ def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
     if not placement.gpus:
         return None, None
     bandwidth = gpu_bandwidth_gbps(site.by_index[placement.gpus[0]])
-    prediction = predict_decode(request.shape, placement.estimate.weights_gib_per_gpu,
-                                placement.tensor_parallel_size, bandwidth, request.entry.get("quantization", ""))
+    # Pipeline stages run one after another for each token: every stage's weights are read
+    # (the network hop between hosts comes on top and is not modelled).
+    weights_read_per_token = placement.estimate.weights_gib_per_gpu * placement.pipeline_parallel_size
+    prediction = predict_decode(request.shape, weights_read_per_token, placement.tensor_parallel_size, bandwidth,
+                                request.entry.get("quantization", ""))
     return prediction.tokens_per_s, speed_reason(prediction, request.shape, request.entry, len(site.by_index), target)
 
 
@@ -179,6 +182,11 @@ def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_ver
         assert placement.gpu_memory_utilization is not None   # set on every GPU placement
         args += ["--tensor-parallel-size", str(placement.tensor_parallel_size),
                  "--gpu-memory-utilization", "%.2f" % placement.gpu_memory_utilization]
+        if placement.nodes:
+            # One stage per host on the Ray cluster of those hosts; from 0.32 vLLM no longer picks
+            # Ray by itself.
+            args += ["--pipeline-parallel-size", str(placement.pipeline_parallel_size),
+                     "--distributed-executor-backend", "ray"]
     if entry.get("quantization"):
         args += ["--quantization", _quantization_argument(entry["quantization"], vllm_version)]
     if entry.get("kv_cache_dtype", "auto") != "auto":
@@ -227,6 +235,8 @@ def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: 
         "memory": estimate.as_dict(), "kv_cache_tokens": estimate.kv_cache_tokens,
         "max_concurrency": estimate.max_concurrency, "predicted_tokens_per_s": speed,
         "vllm_args": args, "environment": environment, "reasons": reasons,
+        **({"pipeline_parallel_size": placement.pipeline_parallel_size, "nodes": placement.nodes,
+            "node_gpus": placement.node_gpus} if placement.nodes else {}),
     }
 
 
@@ -270,6 +280,29 @@ def _wanted_replicas(entry: dict[str, Any], hosts: list[str]) -> tuple[int, list
     return replicas, candidates
 
 
+def _pipeline_hosts(entry: dict[str, Any], hosts: list[str]) -> tuple[int, list[str]]:
+    """A model over several hosts (`nodes: N`, one pipeline stage each): N, and the hosts it may
+    use in fill order; (1, []) for a model on one host."""
+    name, nodes = entry["name"], entry.get("nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise PlanError("model %s: nodes must be a whole number of 1 or more, not %r" % (name, nodes))
+    if nodes == 1:
+        return 1, []
+    if entry.get("replicas", 1) != 1 or entry.get("share_gpus_with"):
+        raise PlanError("model %s: a model over several hosts (nodes %d) is planned as one copy on GPUs of its "
+                        "own: remove replicas and share_gpus_with" % (name, nodes))
+    candidates = sorted(set(entry["hosts"]), key=natural_key) if entry.get("hosts") else list(hosts)
+    unknown = sorted(set(candidates) - set(hosts))
+    if unknown:
+        raise PlanError("model %s: hosts names %s, not in the GPU hosts (%s)" % (name, ", ".join(unknown),
+                                                                               ", ".join(hosts)))
+    if len(candidates) < nodes:
+        raise PlanError("model %s: nodes %d needs %d GPU hosts, but %s: %s. Add GPU hosts or lower nodes" % (
+            name, nodes, nodes, "only %d %s" % (len(candidates), "is named" if entry.get("hosts") else "exist"),
+            ", ".join(candidates)))
+    return nodes, candidates
+
+
 def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] | None], *, engine: str = "cuda",
                  vllm_version: str = "0.32.0", base_port: int = 8001, gpu_memory_utilization: float = 0.90,
                  cpu_kvcache_space_gib: float = 1, speed_target_tokens_per_s: float = 80) -> dict[str, Any]:
@@ -279,9 +312,12 @@ def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] |
     `replicas: N` (copies on N different hosts) or name its `hosts`. Hosts are filled in the
     natural order of their names, larger models first, each replica on the first host where it
     fits: a host added to the site (named after the others) changes nothing that is placed.
-    A model's port is the same on every host.
-    Returns {engine, vllm_version, hosts: {host: {models, free_gpus}}, models: [{name, profile,
-    aliases, port, hosts}]}. Raises PlanError naming the model and the hosts when it cannot fit.
+    A model's port is the same on every host. `nodes: N` runs one copy over N hosts, one pipeline
+    stage each on a Ray cluster of those hosts (tensor parallel within each); the first host's
+    engine serves it.
+    Returns {engine, vllm_version, hosts: {host: {models, free_gpus[, pipeline_stages]}},
+    models: [{name, profile, aliases, port, hosts[, nodes]}]}. Raises PlanError naming the model
+    and the hosts when it cannot fit.
     """
     check_catalog(models)
     if not hosts:
@@ -292,9 +328,25 @@ def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] |
     sites = {h: _site(hosts[h], engine, vllm_version, gpu_memory_utilization, cpu_kvcache_space_gib) for h in order}
     ports = _ports(models, base_port)
     records: dict[str, list[dict[str, Any]]] = {h: [] for h in order}
+    # Pipeline stages of models over several hosts: each host's Ray node, and who heads it.
+    stages: dict[str, list[dict[str, Any]]] = {h: [] for h in order}
     replicas_of: dict[str, list[str]] = {}
+    nodes_of: dict[str, list[str]] = {}
     for entry in _placement_order(present):
         request = _request(entry)
+        nodes, stage_hosts = _pipeline_hosts(entry, order)
+        if nodes > 1:
+            placement = place_across_hosts(request, sites, stage_hosts, nodes)
+            head = placement.nodes[0]
+            speed, speed_note = _predict_speed(request, placement, sites[head], speed_target_tokens_per_s)
+            reasons = [_profile_reason(request)] + placement.reasons + ([speed_note] if speed_note else [])
+            records[head].append(_plan_record(request, placement, sites[head], ports[request.name], speed, reasons))
+            for rank, host in enumerate(placement.nodes):
+                stages[host].append({"model": request.name, "head": head, "rank": rank, "nodes": placement.nodes,
+                                     "gpus": placement.node_gpus[host]})
+            replicas_of[request.name] = [head]
+            nodes_of[request.name] = placement.nodes
+            continue
         wanted, candidates = _wanted_replicas(entry, order)
         placed: list[str] = []
         refusals: list[tuple[str, PlanError]] = []
@@ -326,9 +378,11 @@ def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] |
     return {
         "engine": engine, "vllm_version": vllm_version,
         "hosts": {h: {"models": sorted(records[h], key=lambda m: names.index(m["name"])),
-                      "free_gpus": sorted(sites[h].free) if engine != "cpu" else []} for h in order},
+                      "free_gpus": sorted(sites[h].free) if engine != "cpu" else [],
+                      **({"pipeline_stages": stages[h]} if stages[h] else {})} for h in order},
         "models": [{"name": e["name"], "profile": e.get("profile", "chat"), "aliases": list(e.get("aliases", [])),
-                    "port": ports[e["name"]], "hosts": replicas_of[e["name"]]} for e in present],
+                    "port": ports[e["name"]], "hosts": replicas_of[e["name"]],
+                    **({"nodes": nodes_of[e["name"]]} if e["name"] in nodes_of else {})} for e in present],
     }
 
 
@@ -336,7 +390,8 @@ def host_plan(cluster: dict[str, Any], host: str) -> dict[str, Any]:
     """One GPU host's share of the site's plan, in the shape plan_site returns."""
     share = cluster["hosts"].get(host, {"models": [], "free_gpus": []})
     plan = {"engine": cluster["engine"], "vllm_version": cluster["vllm_version"],
-            "models": share["models"], "free_gpus": share["free_gpus"]}
+            "models": share["models"], "free_gpus": share["free_gpus"],
+            "pipeline_stages": share.get("pipeline_stages", [])}
     # Where the gateway reaches this host's engines, once the site's endpoints are known.
     plan.update({key: share[key] for key in ("address", "scheme") if key in share})
     return plan

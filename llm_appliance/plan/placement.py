@@ -80,17 +80,26 @@ class Placement:
     gpu_memory_utilization: float | None   # None on the CPU engine
     estimate: MemoryEstimate
     reasons: list[str]
+    # A model over several hosts: one pipeline stage per host, in order (the first serves the API),
+    # and each host's GPUs.
+    nodes: list[str] = field(default_factory=list)
+    node_gpus: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def pipeline_parallel_size(self) -> int:
+        return max(len(self.nodes), 1)
 
 
 def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | None, tp: int, gmu: float,
-                       entry: dict[str, Any] | None = None, kv_space_gib: float | None = None) -> MemoryEstimate:
-    """vLLM's memory split for one candidate (GPU kind, TP size, memory fraction); `entry` replaces
-    the catalog entry to try another setting, kv_space_gib is the CPU engine's KV space."""
+                       entry: dict[str, Any] | None = None, kv_space_gib: float | None = None,
+                       pp: int = 1) -> MemoryEstimate:
+    """vLLM's memory split for one candidate (GPU kind, TP size, memory fraction, pipeline stages);
+    `entry` replaces the catalog entry to try another setting, kv_space_gib is the CPU engine's KV space."""
     entry = request.entry if entry is None else entry
     settings = request.settings
     return estimate_memory(
         request.shape, gpu_memory_gib=gpu_total_gib(gpu) if gpu else 0.0, tensor_parallel_size=tp,
-        gpu_memory_utilization=gmu, max_model_len=settings["max_model_len"],
+        pipeline_parallel_size=pp, gpu_memory_utilization=gmu, max_model_len=settings["max_model_len"],
         max_num_batched_tokens=settings["max_num_batched_tokens"], max_num_seqs=settings["max_num_seqs"],
         weights_bytes=entry.get("weights_bytes"), quantization=entry.get("quantization", ""),
         kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
@@ -234,6 +243,73 @@ def place_on_free_gpus(request: ModelRequest, site: Site) -> Placement:
     reasons += _tp_reasons(request, site, tp, gpu_set, estimate)
     site.free -= set(gpu_set)
     return Placement(gpu_set, tp, gmu, estimate, reasons)
+
+
+# vLLM's CPU build has no Ray device (CpuPlatform sets no ray_device_key): both Ray executors stop
+# at vllm/v1/executor/ray_utils.py (initialize_ray_cluster) in 0.32.0, and still in 0.34.0.
+CPU_RAY_REFUSAL = ("vLLM's CPU build cannot serve a model over several hosts: its Ray executor stops with "
+                   "\"ValueError: current platform cpu does not support ray\" (vllm/v1/executor/ray_utils.py)")
+
+
+def _pipeline_host_refusal(site: Site, tp: int) -> str | None:
+    """Why a host cannot be a pipeline stage of this TP size, or None."""
+    stages = [name for name, placement in site.placed.items() if placement.nodes]
+    if stages:
+        return "already a pipeline stage of %s (one Ray node per host)" % stages[0]
+    if len(site.free) < tp:
+        return "%d GPU%s free, %d needed" % (len(site.free), "" if len(site.free) == 1 else "s", tp)
+    return None
+
+
+def _pipeline_tp_sizes(request: ModelRequest, sites: list[Site]) -> list[int]:
+    """The catalog's tensor_parallel_size, else every valid size up to the most free GPUs of a
+    host, largest first: vLLM recommends all of a server's GPUs per stage."""
+    if request.entry.get("tensor_parallel_size"):
+        return [int(request.entry["tensor_parallel_size"])]
+    most = max((len(site.free) for site in sites), default=0)
+    return sorted(valid_tp_sizes(request.shape, most), reverse=True)
+
+
+def place_across_hosts(request: ModelRequest, sites: dict[str, Site], candidates: list[str],
+                       nodes: int) -> Placement:
+    """One model over `nodes` GPU hosts, as vLLM recommends for a model larger than one server:
+    tensor parallel within each host, pipeline parallel across them (one stage per host, the
+    first host's engine serving the API). The first hosts in fill order that each have the GPUs
+    free; the largest tensor-parallel size that fits, unless the catalog sets one."""
+    name, entry = request.name, request.entry
+    if any(sites[host].engine == "cpu" for host in candidates):
+        raise PlanError("model %s: nodes %d: %s. Serve it on GPU hosts (vLLM's CUDA build)" % (name, nodes,
+                                                                                         CPU_RAY_REFUSAL))
+    gmu = float(entry.get("gpu_memory_utilization", sites[candidates[0]].gpu_memory_utilization))
+    tried: list[str] = []
+    for tp in _pipeline_tp_sizes(request, [sites[h] for h in candidates]):
+        refusals = {host: _pipeline_host_refusal(sites[host], tp) for host in candidates}
+        chosen = [host for host in candidates if refusals[host] is None][:nodes]
+        if len(chosen) < nodes:
+            tried.append("tensor_parallel_size %d: %d of %d hosts can give %d GPUs (%s)" % (
+                tp, len(chosen), nodes, tp, "; ".join("%s: %s" % (h, r) for h, r in refusals.items() if r)))
+            continue
+        gpu_sets = {host: _gpu_sets(sites[host].free, tp, sites[host].nvlink_groups)[0] for host in chosen}
+        smallest = min((sites[h].by_index[gpu_sets[h][0]] for h in chosen), key=gpu_total_gib)
+        estimate = estimate_candidate(request, sites[chosen[0]], smallest, tp, gmu, pp=nodes)
+        if not estimate.fits:
+            # A smaller tensor-parallel size only puts more on each GPU.
+            tried.append("tensor_parallel_size %d on %s: %s" % (tp, ", ".join(chosen), estimate.reason))
+            break
+        reasons = ["pipeline over %d hosts (%s), one stage each, tensor_parallel_size %d within each host "
+                   "(vLLM's way for a model larger than one server); holds %d KV tokens (needed %d)"
+                   % (nodes, ", ".join(chosen), tp, estimate.kv_cache_tokens, request.needed_tokens)]
+        if estimate.kv_cache_tokens < request.needed_tokens:
+            reasons.append("target of %d KV tokens not reachable; planned for %d" % (request.needed_tokens,
+                                                                                 estimate.kv_cache_tokens))
+        placement = Placement(gpu_sets[chosen[0]], tp, gmu, estimate, reasons, nodes=chosen, node_gpus=gpu_sets)
+        for host in chosen:
+            sites[host].free -= set(gpu_sets[host])
+            sites[host].placed[name] = placement
+        return placement
+    raise PlanError("model %s: nodes %d does not fit on the GPU hosts %s: %s. Raise nodes (with as many GPU "
+                    "hosts), or shrink it (quantization: fp8, kv_cache_dtype: fp8, a lower max_model_len)"
+                    % (name, nodes, ", ".join(candidates), "; ".join(tried) or "no GPU is free"))
 
 
 def place(request: ModelRequest, site: Site) -> Placement:

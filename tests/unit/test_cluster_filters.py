@@ -50,3 +50,13 @@ def test_each_service_admits_exactly_the_hosts_that_use_it():
     # One server in every group: nothing from outside.
     single = {name: ["front"] for name in groups}
     assert cluster.appliance_cluster_admits("front", single, HOSTVARS, engine_ports=[8001], gateway_ports=[4000]) == []
+
+
+def test_the_hosts_of_a_pipeline_admit_each_other_on_every_port():
+    """Ray and vLLM's stages pick their own ports: a model's pipeline hosts admit each other's TCP, nobody else's."""
+    groups = {"gpu_hosts": ["gpu1", "gpu2"], "gateway_hosts": ["front"], "chat_hosts": ["front"], "db_hosts": ["db"]}
+    admits = cluster.appliance_cluster_admits("gpu2", groups, HOSTVARS, engine_ports=[8001],
+                                              pipeline_hosts=["gpu1", "gpu2"])
+    assert {"service": "pipeline", "ports": [], "sources": ["192.168.50.11"]} in admits
+    assert not [a for a in cluster.appliance_cluster_admits("gpu2", groups, HOSTVARS, engine_ports=[8001])
+                if a["service"] == "pipeline"]
