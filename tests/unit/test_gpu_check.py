@@ -135,7 +135,8 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
         item=item, ansible_managed="managed", vllm_user="vllm", vllm_group="llm-appliance",
         vllm_state_dir="/var/lib/llm-appliance/vllm", vllm_venv="/opt/venv", vllm_start_timeout="20min",
         vllm_start_limit_interval="30min", vllm_start_limit_burst=5, vllm_offline_environment={"HF_HUB_OFFLINE": "1"},
-        vllm_libexec_dir="/usr/local/libexec/llm-appliance", __vllm_tls_args=[], vllm_peer_addresses=[])
+        vllm_libexec_dir="/usr/local/libexec/llm-appliance", __vllm_tls_args=[], vllm_peer_addresses=[],
+        __vllm_state_environment={"HOME": "/var/lib/llm-appliance/vllm"})
     assert ("ExecStartPre=/usr/bin/python3 /usr/local/libexec/llm-appliance/llm-appliance-gpu-check "
             "--unit vllm-qwen-coder \\\n    --memory-fraction 0.9 \\\n"
             "    --gpu '0=%s' \\\n    --gpu '1=%s'\n" % (H100, H100)) in unit
