@@ -96,8 +96,8 @@ unit: venv
 molecule-inputs: venv image artefacts artefacts-cuda
 
 molecule: molecule-inputs
-	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name default
-	MOLECULE_IMAGE=$(MOLECULE_IMAGE) molecule test --scenario-name cluster
+	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenario default
+	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenario cluster
 
 # The unit tests run while the image is built and the wheelhouses are downloaded (network and
 # disk more than CPU), so that the scenarios start sooner.

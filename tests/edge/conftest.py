@@ -28,17 +28,22 @@ def run_playbook(playbook, extra_vars, check=True):
     return proc
 
 
-@pytest.fixture()
-def render(tmp_path):
-    """Render nginx.conf, the onboarding page and the nftables ruleset with these variables."""
+@pytest.fixture(scope="session")
+def render(tmp_path_factory):
+    """Render nginx.conf, the onboarding page and the nftables ruleset with these variables.
+    Each set of variables is rendered once a session (an Ansible run costs seconds); tests that
+    change a rendered file put it back."""
+    rendered = {}
 
     def _render(**extra):
-        out = tmp_path / "rendered"
-        out.mkdir(exist_ok=True)
-        base = {"out_dir": str(out), "appliance_site_name": "demo",
-                "edge_chat_server_name": CHAT_NAME, "edge_api_server_name": API_NAME}
-        run_playbook(HERE / "render.yml", {**base, **extra})
-        return out
+        key = json.dumps(extra, sort_keys=True)
+        if key not in rendered:
+            out = tmp_path_factory.mktemp("rendered")
+            base = {"out_dir": str(out), "appliance_site_name": "demo",
+                    "edge_chat_server_name": CHAT_NAME, "edge_api_server_name": API_NAME}
+            run_playbook(HERE / "render.yml", {**base, **extra})
+            rendered[key] = out
+        return rendered[key]
 
     return _render
 
@@ -96,10 +101,8 @@ def make_cert(key, path, names=(CHAT_NAME, API_NAME), not_before=None, not_after
     return cert
 
 
-@pytest.fixture()
-def pki(tmp_path):
-    """A test CA and a server certificate and key for the chat and API names, signed by it."""
-    d = tmp_path / "pki"
+def make_pki(d):
+    """A test CA and a server certificate and key for the chat and API names, signed by it, in d."""
     d.mkdir()
     ca_key = make_key()
     ca_cert = make_cert(ca_key, d / "ca.crt", ca=True)

@@ -29,12 +29,20 @@ def make(tmp_path, **extra):
     return int(recap.group(2)), proc
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One first run, shared by the tests that only read what it made: (directory, changed count)."""
+    directory = tmp_path_factory.mktemp("internal-ca")
+    changed, _ = make(directory)
+    return directory, changed
+
+
 def openssl(*args):
     return subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
 
 
-def test_ca_and_server_certificate(tmp_path):
-    changed, _ = make(tmp_path)
+def test_ca_and_server_certificate(made):
+    tmp_path, changed = made
     assert changed > 0
     ca, server = tmp_path / "controller-ca" / "ca.crt", tmp_path / "tls" / "server.crt"
     assert openssl("verify", "-CAfile", str(ca), str(server)).returncode == 0
@@ -55,18 +63,16 @@ def test_ca_and_server_certificate(tmp_path):
     assert pub_cert == pub_key
 
 
-def test_the_ca_key_is_on_the_controller_encrypted(tmp_path):
-    make(tmp_path)
-    key = tmp_path / "controller-ca" / "ca.key"
+def test_the_ca_key_is_on_the_controller_encrypted(made):
+    key = made[0] / "controller-ca" / "ca.key"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert "BEGIN ENCRYPTED PRIVATE KEY" in key.read_text()
     assert openssl("pkey", "-in", str(key), "-passin", "pass:wrong", "-noout").returncode != 0
     assert openssl("pkey", "-in", str(key), "-passin", "pass:" + PASSPHRASE, "-noout").returncode == 0
 
 
-def test_the_ca_signs_the_sites_domain_only_and_not_for_long(tmp_path):
-    make(tmp_path)
-    ca_dir = tmp_path / "controller-ca"
+def test_the_ca_signs_the_sites_domain_only_and_not_for_long(made, tmp_path):
+    ca_dir = made[0] / "controller-ca"
     text = openssl("x509", "-in", str(ca_dir / "ca.crt"), "-noout", "-text").stdout
     assert re.search(r"X509v3 Name Constraints: critical\s+Permitted:\s+DNS:demo.internal", text), text
     days = openssl("x509", "-in", str(ca_dir / "ca.crt"), "-noout", "-checkend", str(1096 * 86400))
@@ -119,8 +125,8 @@ def test_a_certificate_from_the_ca_that_lived_on_the_host_is_replaced(tmp_path):
     assert old_crt.read_text() == new_ca.read_text()
 
 
-def test_second_run_changes_nothing(tmp_path):
-    make(tmp_path)
+def test_second_run_changes_nothing(made):
+    tmp_path = made[0]
     before = (tmp_path / "tls" / "server.crt").read_text()
     changed, proc = make(tmp_path)
     assert changed == 0, proc.stdout

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.edge.conftest import API_NAME, CHAT_NAME, HERE
+from tests.edge.conftest import API_NAME, CHAT_NAME, HERE, make_pki
 
 HTTPS_PORT, HTTP_PORT = 19543, 19580
 GATEWAYS = (19511, 19512)
@@ -44,16 +44,26 @@ def upstreams(tmp_path):
         proc.wait()
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The certificates, pages, logs and state of the edge under test: one set for the module, so
+    that the configuration (whose paths name them) is rendered once per set of variables."""
+    root = tmp_path_factory.mktemp("edge")
+    for d in ("www", "log", "state"):
+        (root / d).mkdir()
+    (root / "www" / "index.html").write_text("onboarding\n")
+    make_pki(root / "pki")
+    return root
+
+
 @pytest.fixture()
-def edge(request, tmp_path, render, pki, nginx_bin, upstreams):
+def edge(request, site, render, nginx_bin, upstreams):
     """nginx with the rendered configuration; yields (nginx -p prefix args, paths). A test's
     `edge_vars` mark adds variables to the rendering."""
     marker = request.node.get_closest_marker("edge_vars")
-    for d in ("www", "log", "state"):
-        (tmp_path / d).mkdir()
-    (tmp_path / "www" / "index.html").write_text("onboarding\n")
-    out = render(edge_tls_dir=str(pki), edge_www_dir=str(tmp_path / "www"), edge_log_dir=str(tmp_path / "log"),
-                 edge_nginx_state_dir=str(tmp_path / "state"), edge_listen_ipv4="127.0.0.1", edge_listen_ipv6="",
+    pki = site / "pki"
+    out = render(edge_tls_dir=str(pki), edge_www_dir=str(site / "www"), edge_log_dir=str(site / "log"),
+                 edge_nginx_state_dir=str(site / "state"), edge_listen_ipv4="127.0.0.1", edge_listen_ipv6="",
                  edge_https_port=HTTPS_PORT, edge_http_port=HTTP_PORT,
                  edge_gateway_upstreams=["127.0.0.1:%d" % p for p in GATEWAYS],
                  edge_chat_upstream="127.0.0.1:%d" % CHAT_PORT, edge_api_max_body_size="1m",
@@ -62,14 +72,14 @@ def edge(request, tmp_path, render, pki, nginx_bin, upstreams):
                  # Workers as root when the test runs as root: nobody could not read tmp_path.
                  edge_nginx_user="root" if os.geteuid() == 0 else "nobody", **(marker.kwargs if marker else {}))
     conf = out / "nginx.conf"
-    base = [nginx_bin, "-c", str(conf), "-e", str(tmp_path / "log" / "startup.log"),
-            "-g", "pid %s;" % (tmp_path / "nginx.pid")]
+    base = [nginx_bin, "-c", str(conf), "-e", str(site / "log" / "startup.log"),
+            "-g", "pid %s;" % (site / "nginx.pid")]
     test = subprocess.run(base + ["-t"], capture_output=True, text=True, check=False)
     assert test.returncode == 0, test.stderr
     subprocess.run(base, check=True)
     wait_port(HTTPS_PORT)
-    yield {"base": base, "conf": conf, "log": tmp_path / "log", "pid": tmp_path / "nginx.pid", "pki": pki}
-    pid = int((tmp_path / "nginx.pid").read_text())
+    yield {"base": base, "conf": conf, "log": site / "log", "pid": site / "nginx.pid", "pki": pki}
+    pid = int((site / "nginx.pid").read_text())
     os.kill(pid, signal.SIGQUIT)
     for _ in range(50):
         try:
@@ -188,14 +198,16 @@ def test_broken_reload_leaves_the_old_configuration_serving(edge):
     conf = edge["conf"]
     good = conf.read_text()
     conf.write_text(good.replace("proxy_pass http://llm_gateway;", "proxy_pass http://no_such_upstream"))
-    check = subprocess.run(edge["base"] + ["-t"], capture_output=True, text=True, check=False)
-    assert check.returncode != 0  # what the role's handler runs before any reload
-    # Even a reload forced past the check: the master refuses the new file and keeps serving.
-    subprocess.run(edge["base"] + ["-s", "reload"], capture_output=True, check=False)
-    time.sleep(1)
-    status, _, _ = curl(edge, API_NAME, "/v1/models")
-    assert status == 200
-    conf.write_text(good)
+    try:
+        check = subprocess.run(edge["base"] + ["-t"], capture_output=True, text=True, check=False)
+        assert check.returncode != 0  # what the role's handler runs before any reload
+        # Even a reload forced past the check: the master refuses the new file and keeps serving.
+        subprocess.run(edge["base"] + ["-s", "reload"], capture_output=True, check=False)
+        time.sleep(1)
+        status, _, _ = curl(edge, API_NAME, "/v1/models")
+        assert status == 200
+    finally:
+        conf.write_text(good)
 
 
 SECURITY_HEADERS = ("strict-transport-security", "x-content-type-options", "x-frame-options", "referrer-policy",
