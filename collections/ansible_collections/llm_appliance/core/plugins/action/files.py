@@ -1,9 +1,9 @@
-"""Controller side of the appliance_files module: renders each file's template (from the role's
+"""Controller side of the llm_appliance.core.files module: renders each file's template (from the role's
 templates/, as ansible.builtin.template does) or reads its source (from files/), then makes every
 declared path in one module run on the host.
 
     - name: Write the gateway's configuration
-      ansible.legacy.appliance_files:
+      llm_appliance.core.files:
         directories:
           - {path: /etc/llm-appliance/litellm, owner: root, group: litellm, mode: "0750"}
         files:
@@ -52,7 +52,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(str(error)) from error
         module_args = dict(absent=args.get("absent") or [], directories=args.get("directories") or [], files=files,
                            touch=args.get("touch") or [])
-        result.update(self._execute_module(module_name="ansible.legacy.appliance_files", module_args=module_args,
+        result.update(self._execute_module(module_name="llm_appliance.core.files", module_args=module_args,
                                            task_vars=task_vars))
         new_text = {entry["dest"]: diff_text(entry) for entry in files}
         for diff in result.get("diff") or []:

@@ -8,11 +8,17 @@ Files to touch come last.
 It is called by the action plugin of the same name, which renders templates on the controller."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
-module: appliance_files
+module: files
 short_description: Absent paths, directories and files with exact content, owner, group and mode
 description:
-  - Use through the action plugin of the same name; it renders C(template) and reads C(src) on the
+  - Runs through the action plugin of the same name; it renders C(template) and reads C(src) on the
     controller and hands this module the content.
   - Supports check mode and diff mode. A file is replaced atomically, after C(validate) accepted it.
 options:
@@ -27,15 +33,17 @@ options:
     elements: dict
     default: []
   touch:
-    description: Files that must exist (made empty when missing; what they hold is left alone), with
-      their owner, group and mode: log files, for example.
+    description:
+      - Files that must exist (made empty when missing; what they hold is left alone), with their
+        owner, group and mode. Log files, for example.
     type: list
     elements: dict
     default: []
   files:
-    description: Files with their exact content, owner, group and mode, and an optional
-      C(validate) command (C(%s) is the new file) that must accept the content before it replaces
-      the old one. C(secret) keeps the content out of the diff.
+    description:
+      - Files with their exact content, owner, group and mode, and an optional C(validate) command
+        (C(%s) is the new file) that must accept the content before it replaces the old one.
+      - C(secret) keeps the content out of the diff.
     type: list
     elements: dict
     default: []
@@ -48,12 +56,6 @@ changed_paths:
   elements: str
   returned: always
 """
-
-import os
-import shutil
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
 
 ATTRIBUTES = dict(owner=dict(type="str"), group=dict(type="str"), mode=dict(type="raw"))
 DIFF_LIMIT = 64 * 1024  # larger files are reported as changed without their text
