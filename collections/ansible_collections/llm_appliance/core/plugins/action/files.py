@@ -10,6 +10,8 @@ declared path in one module run on the host.
           - {dest: /etc/llm-appliance/litellm/config.yaml, template: config.yaml.j2, mode: "0640"}
           - {dest: /etc/llm-appliance/litellm/instance-1.env, content: "PORT=4001\\n"}
           - {dest: /etc/example, template: example.j2, vars: {item: 1}, validate: "example -t %s"}
+        links:
+          - {path: /usr/local/sbin/example, src: /opt/example/bin/example}
         touch:
           - {path: /var/log/example.log, owner: www-data, group: adm, mode: "0640"}
         absent: [/etc/llm-appliance/litellm/old.sql]
@@ -40,7 +42,7 @@ def diff_text(entry):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("absent", "directories", "files", "touch"))
+    _VALID_ARGS = frozenset(("absent", "directories", "files", "links", "touch"))
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
@@ -51,7 +53,7 @@ class ActionModule(ActionBase):
         except AnsibleError as error:
             raise AnsibleActionFail(str(error)) from error
         module_args = dict(absent=args.get("absent") or [], directories=args.get("directories") or [], files=files,
-                           touch=args.get("touch") or [])
+                           links=args.get("links") or [], touch=args.get("touch") or [])
         result.update(self._execute_module(module_name="llm_appliance.core.files", module_args=module_args,
                                            task_vars=task_vars))
         new_text = {entry["dest"]: diff_text(entry) for entry in files}

@@ -4,7 +4,7 @@
 The roles declare a few dozen directories and small files; one `file`, `copy` or `template` task
 each costs one or two module runs even when nothing changes, and those runs were most of a no-op
 converge. This module takes them all at once: absent paths first, then directories, then files.
-Files to touch come last.
+Links and files to touch come last.
 It is called by the action plugin of the same name, which renders templates on the controller."""
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ options:
     default: []
   directories:
     description: Directories to make (with missing parents) and their owner, group and mode.
+    type: list
+    elements: dict
+    default: []
+  links:
+    description:
+      - Symbolic links (C(path) pointing to C(src)); a file or another link in their place is replaced.
     type: list
     elements: dict
     default: []
@@ -115,6 +121,22 @@ def touch(module, spec, diffs):
     return True
 
 
+def link(module, spec, diffs):
+    path, target = spec["path"], spec["src"]
+    if os.path.islink(path) and os.readlink(path) == target:
+        return False
+    if os.path.isdir(path) and not os.path.islink(path):
+        module.fail_json(msg=f"{path} should be a link to {target} but is a directory: remove it or choose another")
+    before = os.readlink(path) if os.path.islink(path) else ("file" if os.path.lexists(path) else "absent")
+    diffs.append(dict(before_header=path, after_header=path, before=dict(path=path, state=before),
+                      after=dict(path=path, state=f"link to {target}")))
+    if not module.check_mode:
+        staged = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.link")
+        os.symlink(target, staged)
+        os.replace(staged, path)
+    return True
+
+
 def text_for_diff(content, secret):
     if secret:
         return "(secret content not shown)\n"
@@ -177,6 +199,8 @@ def main():
                                     content=dict(type="str", required=True, no_log=True),
                                     validate=dict(type="str"), secret=dict(type="bool", default=False),
                                     **ATTRIBUTES)),
+            links=dict(type="list", elements="dict", default=[],
+                       options=dict(path=dict(type="path", required=True), src=dict(type="path", required=True))),
             touch=dict(type="list", elements="dict", default=[],
                        options=dict(path=dict(type="path", required=True), **ATTRIBUTES)),
         ),
@@ -193,6 +217,9 @@ def main():
     for spec in module.params["files"]:
         if write_file(module, spec, diffs):
             changed_paths.append(spec["dest"])
+    for spec in module.params["links"]:
+        if link(module, spec, diffs):
+            changed_paths.append(spec["path"])
     for spec in module.params["touch"]:
         if touch(module, spec, diffs):
             changed_paths.append(spec["path"])
