@@ -26,18 +26,10 @@ from ansible._internal._templating import _template_vars
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.template import trust_as_template
+from ansible_collections.llm_appliance.core.plugins.module_utils.diff_text import text_for_diff
 
 FILE_KEYS = {"dest", "template", "src", "content", "vars", "owner", "group", "mode", "validate", "secret"}
 SOURCES = ("template", "src", "content")
-DIFF_LIMIT = 64 * 1024  # as the module: larger files are reported as changed without their text
-
-
-def diff_text(entry):
-    if entry.get("secret"):
-        return "(secret content not shown)\n"
-    if len(entry["content"]) > DIFF_LIMIT:
-        return f"({len(entry['content'])} characters, not shown)\n"
-    return entry["content"]
 
 
 class ActionModule(ActionBase):
@@ -56,7 +48,8 @@ class ActionModule(ActionBase):
                            links=args.get("links") or [], touch=args.get("touch") or [])
         result.update(self._execute_module(module_name="llm_appliance.core.files", module_args=module_args,
                                            task_vars=task_vars))
-        new_text = {entry["dest"]: diff_text(entry) for entry in files}
+        new_text = {entry["dest"]: text_for_diff(entry["content"].encode("utf-8"), entry.get("secret", False))
+                    for entry in files}
         for diff in result.get("diff") or []:
             if "content_of" in diff:
                 diff["after"] = new_text[diff.pop("content_of")]

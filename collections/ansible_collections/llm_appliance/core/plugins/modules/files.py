@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.llm_appliance.core.plugins.module_utils.diff_text import text_for_diff
 
 DOCUMENTATION = r"""
 module: files
@@ -64,7 +65,6 @@ changed_paths:
 """
 
 ATTRIBUTES = dict(owner=dict(type="str"), group=dict(type="str"), mode=dict(type="raw"))
-DIFF_LIMIT = 64 * 1024  # larger files are reported as changed without their text
 
 
 def set_attributes(module, path, spec, diffs):
@@ -137,17 +137,6 @@ def link(module, spec, diffs):
     return True
 
 
-def text_for_diff(content, secret):
-    if secret:
-        return "(secret content not shown)\n"
-    if len(content) > DIFF_LIMIT:
-        return f"({len(content)} bytes, not shown)\n"
-    try:
-        return content.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"({len(content)} bytes of binary content)\n"
-
-
 def write_file(module, spec, diffs):
     dest = spec["dest"]
     content = spec["content"].encode("utf-8")
@@ -208,21 +197,13 @@ def main():
     )
     diffs = []
     changed_paths = []
-    for path in module.params["absent"]:
-        if remove(module, path, diffs):
-            changed_paths.append(path)
-    for spec in module.params["directories"]:
-        if make_directory(module, spec, diffs):
-            changed_paths.append(spec["path"])
-    for spec in module.params["files"]:
-        if write_file(module, spec, diffs):
-            changed_paths.append(spec["dest"])
-    for spec in module.params["links"]:
-        if link(module, spec, diffs):
-            changed_paths.append(spec["path"])
-    for spec in module.params["touch"]:
-        if touch(module, spec, diffs):
-            changed_paths.append(spec["path"])
+    # In this order; each step says whether it changed (or would change) the path it was given.
+    steps = (("absent", None, remove), ("directories", "path", make_directory), ("files", "dest", write_file),
+             ("links", "path", link), ("touch", "path", touch))
+    for option, path_key, make in steps:
+        for spec in module.params[option]:
+            if make(module, spec, diffs):
+                changed_paths.append(spec if path_key is None else spec[path_key])
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
 
 
