@@ -1,7 +1,7 @@
 # llm-appliance: one entry point for the controller's chores.
 #   make demo   bring the appliance up on a local systemd container (inventory/demo)
 #   make test   every test: lint, unit, molecule
-#   make bench  figures: planner accuracy, report speed, converge times and profile, gateway latency
+#   make bench  figures: planner memory and decode accuracy, report speed, converge times and profile, gateway latency
 #   make artefacts-cuda  the CUDA engine's wheelhouse (vLLM 0.32 with its CUDA torch, 3.7 GB) for GPU hosts
 
 SHELL := /bin/bash
@@ -118,6 +118,7 @@ demo-destroy: venv
 
 bench: venv image artefacts
 	$(BIN)/python bench/planner_accuracy.py
+	$(BIN)/python bench/decode_accuracy.py
 	$(BIN)/python bench/report_bench.py
 	bench/appliance
 

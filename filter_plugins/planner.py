@@ -6,6 +6,7 @@ from llm_appliance.plan.cli import UsageError, attach_configs, format_plan
 from llm_appliance.plan.decide import host_plan, plan_cluster
 from llm_appliance.plan.engines import check_engine_driver
 from llm_appliance.plan.errors import PlanError
+from llm_appliance.plan.speculative import with_draft_path
 
 
 def appliance_plan(models, gpus_by_host, engine="cuda", vllm_version="0.32.0", base_port=8001,
@@ -51,8 +52,11 @@ def appliance_host_plan(plan, host):
 
 def appliance_host_catalog(models, plan):
     """The catalog entries a host stores weights for: those planned on it, those it runs a pipeline
-    stage of (Ray's workers there load their layers from the same path), and the retired ones."""
+    stage of (Ray's workers there load their layers from the same path), their drafts, and the
+    retired ones."""
     planned = {m["name"] for m in plan["models"]} | {s["model"] for s in plan.get("pipeline_stages", [])}
+    # The drafts the host's models speculate with.
+    planned |= {m["speculative"]["draft"] for m in plan["models"] if (m.get("speculative") or {}).get("draft")}
     return [m for m in models if m["name"] in planned or m.get("state", "present") == "absent"]
 
 
@@ -83,12 +87,16 @@ def appliance_vllm_units(plan, model_paths):
     for model in plan["models"]:
         if model["name"] not in model_paths:
             raise AnsibleFilterError("model %s is planned but not stored on the host" % model["name"])
+        try:
+            args = with_draft_path(model["vllm_args"], model_paths)
+        except PlanError as exc:
+            raise AnsibleFilterError("model %s: %s" % (model["name"], exc)) from None
         units.append({
             "name": model["name"],
             "port": model["port"],
             "model_path": model_paths[model["name"]],
             "served_model_name": model["name"],
-            "args": model["vllm_args"],
+            "args": args,
             "environment": model["environment"],
             # Checked before each start (ExecStartPre): these GPUs, this kind, enough free memory.
             "gpu_check": model.get("gpu_devices", []),

@@ -22,8 +22,8 @@ from typing import Any
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.decide import plan_cluster, plan_site
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import GIB, estimate_memory, weights_bytes_per_gpu
-from llm_appliance.plan.speed import DECODE_EFFICIENCY, GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, predict_decode
+from llm_appliance.plan.memory import MemoryEstimate, estimate_memory
+from llm_appliance.plan.speed import GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, gpu_peak_tflops, predict_decode
 
 # The appliance's reference GPU (79.19 GiB as CUDA reports it), for the decode prediction.
 DEFAULT_GPU_NAME = "NVIDIA H100 80GB HBM3"
@@ -56,6 +56,9 @@ def _weights_from_index(config_path: str) -> int | None:
 def cmd_memory(args: argparse.Namespace) -> int:
     if args.memory_bandwidth_gbps is not None and args.memory_bandwidth_gbps <= 0:
         raise UsageError("--memory-bandwidth-gbps must be positive, not %s" % args.memory_bandwidth_gbps)
+    if args.context_tokens < 0 or args.target_tokens_per_s <= 0:
+        raise UsageError("--context-tokens must be 0 or more and --target-tokens-per-s positive, not %s and %s"
+                         % (args.context_tokens, args.target_tokens_per_s))
     config = _read_json(args.config, "config")
     shape = parse_config(config, os.path.basename(os.path.dirname(os.path.abspath(args.config))) or "model")
     weights = args.weights_bytes
@@ -70,7 +73,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs, weights_bytes=weights, quantization=args.quantization or "",
         kv_cache_dtype=args.kv_cache_dtype, dtype=args.dtype, vllm_version=args.vllm_version,
         block_size=args.block_size, enforce_eager=args.enforce_eager, name=shape.architecture)
-    decode = _decode_prediction(args, shape, weights, estimate.weights_gib_per_gpu)
+    decode = _decode_prediction(args, shape, weights, estimate)
     result = estimate.as_dict()
     if args.json:
         print(json.dumps(dict(result, decode=decode), indent=2, sort_keys=True))
@@ -82,39 +85,45 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_bytes: int | None,
-                       weights_gib_per_gpu: float) -> dict[str, Any]:
-    """The decode speed by the plan's own roofline (speed.predict_decode), and whose bandwidth it used."""
+                       estimate: MemoryEstimate) -> dict[str, Any]:
+    """The decode speed by the plan's own model (speed.predict_decode), whose bandwidth it used,
+    and how many streams keep --target-tokens-per-s (capped by max_num_seqs and by the requests
+    of --context-tokens the KV cache holds)."""
     source = "--memory-bandwidth-gbps" if args.memory_bandwidth_gbps else args.gpu_name
-    bandwidth = gpu_bandwidth_gbps({"name": args.gpu_name, "memory_bandwidth_gbps": args.memory_bandwidth_gbps})
-    if args.pipeline_parallel_size > 1:
-        # Stages run one after another for one stream: each token reads every stage's weights.
-        weights_gib_per_gpu = round(weights_bytes_per_gpu(shape, weights_bytes, args.tensor_parallel_size, 1,
-                                                          args.quantization or "", args.dtype) / GIB, 3)
-    prediction = predict_decode(shape, weights_gib_per_gpu, args.tensor_parallel_size, bandwidth,
-                                args.quantization or "")
+    gpu = {"name": args.gpu_name, "memory_bandwidth_gbps": args.memory_bandwidth_gbps}
+    max_num_seqs = args.max_num_seqs or (1024 if args.gpu_memory_gib >= 70 else 256)
+    most = min(max_num_seqs, estimate.kv_cache_tokens // max(args.context_tokens, 1))
+    prediction = predict_decode(
+        shape, weights_bytes=weights_bytes, tensor_parallel_size=args.tensor_parallel_size,
+        bandwidth_gbps=gpu_bandwidth_gbps(gpu), quantization=args.quantization or "", interconnect=args.interconnect,
+        context_tokens=args.context_tokens, kv_dtype_bytes=1 if args.kv_cache_dtype.startswith("fp8") else 2,
+        peak_tflops=gpu_peak_tflops(gpu), target=args.target_tokens_per_s, most_streams=most)
     return dict(prediction.as_dict(), memory_bandwidth_source=source,
                 pipeline_parallel_size=args.pipeline_parallel_size)
 
 
 def _decode_lines(decode: dict[str, Any]) -> list[str]:
-    """The prediction and each assumption on its own line, in the memory lines' format."""
+    """The prediction, where a step's time goes and each assumption, in the memory lines' format."""
     if decode["tokens_per_s"] is None:
         return ["%-24s n/a: the memory bandwidth of %r is not known; give --memory-bandwidth-gbps"
                 % ("decode_tokens_per_s", decode["memory_bandwidth_source"])]
-    reads = "%.3f GiB of weights per GPU" % decode["weights_gib_per_gpu"]
-    if decode["pipeline_parallel_size"] > 1:
-        reads = "%.3f GiB of weights per tensor-parallel rank, its %d pipeline stages in turn" % (
-            decode["weights_gib_per_gpu"], decode["pipeline_parallel_size"])
-    if decode["active_weight_share"] < 1:
-        reads = "%.0f%% of the %s (MoE: the routed experts only)" % (100 * decode["active_weight_share"], reads)
-    return ["%-24s %s per stream (roofline: each token reads %s)"
-            % ("decode_tokens_per_s", decode["tokens_per_s"], reads),
+    step = decode["step_ms"]
+    stages = (", its %d pipeline stages in turn" % decode["pipeline_parallel_size"]
+              if decode["pipeline_parallel_size"] > 1 else "")
+    return ["%-24s %s per stream at a %d-token context" % ("decode_tokens_per_s", decode["tokens_per_s"],
+                                                          decode["context_tokens"]),
+            "%-24s %s at %s tokens/s or more each (max_num_seqs and the KV cache allowing)"
+            % ("streams_at_target", decode["streams_at_target"], "%g" % decode["target_tokens_per_s"]),
+            "%-24s %.3f ms: weights %.3f (%.3f GiB per GPU%s), KV cache %.3f, fixed %.3f, all-reduce %.3f"
+            % ("decode_step_ms", step["total"], step["weights"], decode["read_gib_per_gpu"], stages, step["kv"],
+               step["fixed"], step["allreduce"]),
             "%-24s %s (%s)" % ("memory_bandwidth_gbps", "%g" % decode["memory_bandwidth_gbps"],
                                decode["memory_bandwidth_source"]),
-            "%-24s %s of that bandwidth per stream" % ("decode_efficiency", decode["efficiency"]),
-            "%-24s %d (all-reduce costs %.0f%% of a step per extra rank)"
-            % ("tensor_parallel_size", decode["tensor_parallel_size"], 100 * decode["tp_step_overhead"]),
-            "%-24s %s" % ("quantization", decode["quantization"])]
+            "%-24s %s of that bandwidth for %s weights (%s)" % ("decode_efficiency", decode["efficiency"],
+                                                               decode["weight_format"], decode["quantization"]),
+            "%-24s %d over %s, %g us per all-reduce, %g us per layer"
+            % ("tensor_parallel_size", decode["tensor_parallel_size"], decode["interconnect"],
+               decode["costs"]["allreduce_us"], decode["costs"]["layer_us"])]
 
 
 def attach_configs(models: list[dict[str, Any]], base_dir: str) -> list[dict[str, Any]]:
@@ -162,13 +171,18 @@ def format_plan(plan: dict[str, Any]) -> str:
             lines.append("  pipeline: %d stages on %s (Ray), GPUs %s" % (
                 model["pipeline_parallel_size"], ", ".join(model["nodes"]),
                 "; ".join("%s %s" % (host, gpus) for host, gpus in model["node_gpus"].items())))
-        lines.append("  memory per GPU: weights %.2f GiB, activations %.2f, non-torch %.2f, CUDA graphs %.2f, "
-                     "KV cache %.2f GiB" % (memory["weights_gib_per_gpu"], memory["activation_peak_gib"],
+        draft = ", draft %.2f" % memory["draft_gib"] if memory.get("draft_gib") else ""
+        lines.append("  memory per GPU: weights %.2f GiB%s, activations %.2f, non-torch %.2f, CUDA graphs %.2f, "
+                     "KV cache %.2f GiB" % (memory["weights_gib_per_gpu"], draft, memory["activation_peak_gib"],
                                             memory["non_torch_gib"], memory["cuda_graph_gib"],
                                             memory["available_kv_cache_gib"]))
-        lines.append("  KV tokens %d, %.1f requests of %d tokens at once, predicted %s tokens/s per stream" % (
-            model["kv_cache_tokens"], model["max_concurrency"], model["max_model_len"],
-            model["predicted_tokens_per_s"] if model["predicted_tokens_per_s"] is not None else "n/a"))
+        speed = "predicted %s tokens/s per stream" % (
+            model["predicted_tokens_per_s"] if model["predicted_tokens_per_s"] is not None else "n/a")
+        if model.get("streams_at_target_speed") is not None:
+            speed += ", %d streams at %g or more each" % (model["streams_at_target_speed"],
+                                                          model["decode"]["target_tokens_per_s"])
+        lines.append("  KV tokens %d, %.1f requests of %d tokens at once, %s" % (
+            model["kv_cache_tokens"], model["max_concurrency"], model["max_model_len"], speed))
         for reason in model["reasons"]:
             lines.append("  - " + reason)
     for stage in plan.get("pipeline_stages", []):
@@ -252,15 +266,22 @@ def _add_memory_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _add_decode_options(memory: argparse.ArgumentParser) -> None:
-    """The bandwidth the decode roofline assumes, with a group of its own in --help."""
-    decode = memory.add_argument_group("decode speed", "the plan's roofline: a token reads every active "
-                                                       "weight once, at %d%% of the GPU's memory bandwidth"
-                                       % (DECODE_EFFICIENCY * 100))
+    """The decode model's inputs, with a group of their own in --help."""
+    decode = memory.add_argument_group("decode speed", "the plan's model: a step reads the weights and each "
+                                                       "stream's KV cache at a share of the GPU's memory "
+                                                       "bandwidth, plus a fixed cost per layer and the "
+                                                       "all-reduces of tensor parallelism")
     decode.add_argument("--gpu-name", default=DEFAULT_GPU_NAME,
-                        help="the GPU whose memory bandwidth the prediction uses (default: %%(default)s; "
-                             "known: names containing %s)" % ", ".join(sorted(GPU_BANDWIDTH_GBPS)))
+                        help="the GPU whose memory bandwidth and tensor throughput the prediction uses (default: "
+                             "%%(default)s; known: names containing %s)" % ", ".join(sorted(GPU_BANDWIDTH_GBPS)))
     decode.add_argument("--memory-bandwidth-gbps", type=float,
                         help="the GPU's memory bandwidth in GB/s, instead of --gpu-name's")
+    decode.add_argument("--interconnect", choices=["nvlink", "pcie"], default="nvlink",
+                        help="how the tensor-parallel GPUs reach each other (default: nvlink)")
+    decode.add_argument("--context-tokens", type=int, default=1024,
+                        help="tokens already in a stream's context, whose KV cache each step reads (default: 1024)")
+    decode.add_argument("--target-tokens-per-s", type=float, default=80,
+                        help="per-stream speed to count streams at (default: 80)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,10 @@ class ModelShape:
     tied_embeddings: bool = False
     weights_bytes_estimate: int = 0
     weights_unknown: str = ""
+    # Bytes a decoded token reads (estimate_decode_read_bytes): decoder layers and LM head.
+    decode_layer_bytes: int = 0
+    decode_head_bytes: int = 0
+    weight_format: str = "16-bit"     # how the linear layers are stored: 16-bit, fp8, int8, int4, mxfp4
 
     def checkpoint_bytes(self) -> int:
         """Checkpoint bytes from config.json alone (estimate_weights_bytes), for when the catalog has no
@@ -63,6 +67,24 @@ class ModelShape:
         attention = self.hidden * self.head_dim * (self.heads * 2 + self.kv_heads * 2)
         mlp = (self.experts_per_token or 1) * 3 * self.hidden * (self.expert_intermediate or self.intermediate)
         return self.layers * (attention + mlp) + self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+
+def _weight_format(quant: dict[str, Any], method: str) -> str:
+    """The storage of the linear layers, as decode kernels read it: 16-bit, fp8, int8, int4, mxfp4."""
+    if not method:
+        return "16-bit"
+    if method in ("gptq", "awq"):
+        return "int8" if int(quant.get("bits", quant.get("w_bit", 4)) or 4) >= 8 else "int4"
+    if method == "bitsandbytes":
+        return "int8" if quant.get("load_in_8bit") else "int4"
+    if method == "compressed-tensors":
+        for group in (quant.get("config_groups") or {}).values():
+            weights = group.get("weights") or {}
+            if weights:
+                bits = int(weights.get("num_bits", 8))
+                return ("fp8" if weights.get("type") == "float" else "int8") if bits >= 8 else "int4"
+        return "16-bit"
+    return method if method in ("fp8", "mxfp4") else "16-bit"
 
 
 def _get(config: dict[str, Any], text: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -151,8 +173,10 @@ def parse_config(config: object, name: str = "model") -> ModelShape:
         tied_embeddings=bool(_get(config, text, "tie_word_embeddings", default=model_type in TIED_BY_DEFAULT)),
     )
     shape.layer_kinds = _layer_kinds(config, text, layers, model_type)
+    shape.weight_format = _weight_format(quant if isinstance(quant, dict) else {}, quant_method)
     try:
         shape.weights_bytes_estimate = estimate_weights_bytes(config, name)
+        shape.decode_layer_bytes, shape.decode_head_bytes = estimate_decode_read_bytes(config, name)
     except PlanError as exc:
         shape.weights_unknown = str(exc)
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
@@ -646,6 +670,16 @@ def _quantizer(config: dict[str, Any], text: dict[str, Any], name: str) -> Pick:
     return QUANTIZERS[method](quant, name)
 
 
+def _linear_bytes(linear: Linear, pick: Pick, copies: float | None = None) -> float:
+    """One listed linear in every layer it is in, as its quantizer stores it (bias 16-bit)."""
+    copies = linear.copies if copies is None else copies
+    total = 2.0 * linear.rows * copies * len(linear.layers) if linear.bias else 0.0
+    for layer in linear.layers:
+        codec = pick(linear, linear.name.format(i=layer))
+        total += copies * (codec(linear.rows, linear.cols) if codec else 2 * linear.rows * linear.cols)
+    return total
+
+
 def estimate_weights_bytes(config: dict[str, Any], name: str = "model") -> int:
     """Checkpoint bytes from config.json: the language model, its vision/audio encoders and
     projectors, each linear layer as its quantizer stores it. PlanError when not understood."""
@@ -656,10 +690,27 @@ def estimate_weights_bytes(config: dict[str, Any], name: str = "model") -> int:
     hidden = int(_get(config, text, "hidden_size", "d_model", "n_embd"))
     for encoder in (_vision_model(config, hidden, name), _audio_model(config, hidden, name)):
         linears, other = linears + encoder[0], other + encoder[1]
-    total = 2.0 * other
+    return int(2.0 * other + sum(_linear_bytes(linear, pick) for linear in linears))
+
+
+def estimate_decode_read_bytes(config: dict[str, Any], name: str = "model") -> tuple[int, int]:
+    """Bytes one decoded token reads, as (decoder layers, LM head), before tensor parallelism:
+    every linear of the language model as stored, the routed experts at their active share
+    (num_experts_per_tok of num_experts), and the head (the tied embedding matrix when tied).
+    Not read: the input embedding (one row per token) and the vision/audio encoders (run at
+    prefill only). PlanError when the checkpoint is not understood."""
+    text_config = config.get("text_config")
+    text: dict[str, Any] = text_config if isinstance(text_config, dict) else config
+    pick = _quantizer(config, text, name)
+    linears, _ = _text_model(config, text, name)
+    active = int(_get(config, text, "num_experts_per_tok", "moe_topk", default=0) or 0)
+    layers = head = 0.0
     for linear in linears:
-        total += 2 * linear.rows * linear.copies * len(linear.layers) if linear.bias else 0
-        for layer in linear.layers:
-            codec = pick(linear, linear.name.format(i=layer))
-            total += linear.copies * (codec(linear.rows, linear.cols) if codec else 2 * linear.rows * linear.cols)
-    return int(total)
+        copies = min(active, linear.copies) if linear.expert and active else linear.copies
+        if linear.section == "head":
+            head += _linear_bytes(linear, pick, copies)
+        else:
+            layers += _linear_bytes(linear, pick, copies)
+    if not any(linear.section == "head" for linear in linears):
+        head = 2.0 * int(_get(config, text, "vocab_size")) * int(_get(config, text, "hidden_size", "d_model", "n_embd"))
+    return int(layers), int(head)

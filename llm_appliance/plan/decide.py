@@ -9,7 +9,8 @@ from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.errors import PlanError
 from llm_appliance.plan.memory import parse_version
 from llm_appliance.plan.placement import ModelRequest, Placement, Site, place, place_across_hosts
-from llm_appliance.plan.speed import gpu_bandwidth_gbps, predict_decode, speed_reason
+from llm_appliance.plan.speculative import DRAFT_PROFILE, read_speculation, speculative_argument
+from llm_appliance.plan.speed import DecodePrediction, gpu_bandwidth_gbps, gpu_peak_tflops, predict_decode, speed_reason
 
 # --- settings per profile ---------------------------------------------------------------------
 
@@ -39,13 +40,18 @@ def _settings(entry: dict[str, Any], profile: str, shape: ModelShape) -> dict[st
     return settings
 
 
-def _request(entry: dict[str, Any]) -> ModelRequest:
-    """A catalog entry with its shape, its settings and the KV tokens its profile's target needs."""
+def _request(entry: dict[str, Any], drafts: dict[str, dict[str, Any]]) -> ModelRequest:
+    """A catalog entry with its shape, its settings, the KV tokens its profile's target needs and
+    its speculative decoding (drafts: the catalog's present draft entries by name)."""
     shape = parse_config(entry["config"], entry["name"])
     profile = entry.get("profile", "chat")
     settings = _settings(entry, profile, shape)
+    speculation = read_speculation(entry, drafts)
+    if speculation and speculation.draft and entry.get("nodes", 1) != 1:
+        raise PlanError("model %s: a draft model over several hosts (nodes %s) is not planned; use speculative "
+                        "method ngram or one host" % (entry["name"], entry.get("nodes")))
     return ModelRequest(entry, shape, profile, settings,
-                        settings["typical_request_tokens"] * settings["target_concurrency"])
+                        settings["typical_request_tokens"] * settings["target_concurrency"], speculation)
 
 
 def _profile_reason(request: ModelRequest) -> str:
@@ -65,7 +71,7 @@ CATALOG_FIELDS = {
     # where the weights come from (model_store)
     "source", "controller_path", "hf_repo", "revision", "config_path", "config", "weights_bytes", "trust_pickle",
     # engine settings
-    "quantization", "kv_cache_dtype", "dtype", "block_size", "tool_call_parser", "extra_args",
+    "quantization", "kv_cache_dtype", "dtype", "block_size", "tool_call_parser", "speculative", "extra_args",
     # planner overrides
     "max_model_len", "max_num_seqs", "max_num_batched_tokens", "target_concurrency",
     "typical_request_tokens", "prefix_caching", "tensor_parallel_size", "gpu_memory_utilization",
@@ -130,9 +136,12 @@ def _ports(models: list[dict[str, Any]], base_port: int) -> dict[str, int]:
 def _check_present(present: list[dict[str, Any]]) -> None:
     """Refuse, before anything is placed, a present model with an unknown profile or no config.json."""
     for model in present:
-        if model.get("profile", "chat") not in PROFILES:
-            raise PlanError("model %s: profile %r is not one of %s" % (model["name"], model.get("profile"),
-                                                                      ", ".join(sorted(PROFILES))))
+        if model.get("profile", "chat") not in PROFILES and model.get("profile") != DRAFT_PROFILE:
+            raise PlanError("model %s: profile %r is not one of %s" % (
+                model["name"], model.get("profile"), ", ".join(sorted(PROFILES) + [DRAFT_PROFILE])))
+        if model.get("profile") == DRAFT_PROFILE and model.get("speculative"):
+            raise PlanError("model %s: a draft (profile draft) is not served and cannot have speculative "
+                            "decoding of its own" % model["name"])
         if not isinstance(model.get("config"), dict):
             raise PlanError("model %s: its config.json was not read (check config_path or the model store)"
                             % model.get("name"))
@@ -147,19 +156,55 @@ def _placement_order(present: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --- decode speed -----------------------------------------------------------------------------
 
+def _interconnect(gpus: list[int], site: Site) -> str:
+    """nvlink when the model's GPUs are one GPU or inside one NVLink group, else pcie."""
+    if len(gpus) <= 1 or any(set(gpus) <= set(group) for group in site.nvlink_groups):
+        return "nvlink"
+    return "pcie"
+
+
 def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
-                   target: float) -> tuple[float | None, str | None]:
-    """Tokens/s per stream on the placed GPUs (None on the CPU engine or an unknown GPU), and the
-    plan's line on it: meets the target, or what would reach it."""
+                   target: float) -> tuple[DecodePrediction | None, str | None]:
+    """Tokens/s per stream on the placed GPUs and how many streams keep the target (None on the
+    CPU engine), and the plan's line on it: meets the target, or what would reach it.
+
+    The context is half the profile's typical request (a stream's average over its reply); the
+    streams are capped by max_num_seqs and by the requests of typical size the KV cache holds.
+    Pipeline stages run one after another for each token: every stage's weights are read (the
+    network hop between hosts comes on top and is not modelled)."""
     if not placement.gpus:
         return None, None
-    bandwidth = gpu_bandwidth_gbps(site.by_index[placement.gpus[0]])
-    # Pipeline stages run one after another for each token: every stage's weights are read
-    # (the network hop between hosts comes on top and is not modelled).
-    weights_read_per_token = placement.estimate.weights_gib_per_gpu * placement.pipeline_parallel_size
-    prediction = predict_decode(request.shape, weights_read_per_token, placement.tensor_parallel_size, bandwidth,
-                                request.entry.get("quantization", ""))
-    return prediction.tokens_per_s, speed_reason(prediction, request.shape, request.entry, len(site.by_index), target)
+    gpu = site.by_index[placement.gpus[0]]
+    entry, settings = request.entry, request.settings
+    typical = int(settings["typical_request_tokens"])
+    most = min(int(settings["max_num_seqs"]), placement.estimate.kv_cache_tokens // max(typical, 1))
+    prediction = predict_decode(
+        request.shape, weights_bytes=entry.get("weights_bytes"), tensor_parallel_size=placement.tensor_parallel_size,
+        bandwidth_gbps=gpu_bandwidth_gbps(gpu), quantization=entry.get("quantization", ""),
+        interconnect=_interconnect(placement.gpus, site),
+        context_tokens=typical // 2, kv_dtype_bytes=1 if str(entry.get("kv_cache_dtype", "")).startswith("fp8") else 2,
+        peak_tflops=gpu_peak_tflops(gpu), target=target, most_streams=most)
+    return prediction, speed_reason(prediction, request.shape, entry, len(site.by_index), target)
+
+
+def _speculation_reason(request: ModelRequest, placement: Placement) -> str | None:
+    """The plan's line on speculative decoding: what it costs here, and what it may gain."""
+    speculation = request.speculation
+    if speculation is None:
+        return None
+    record = speculation.record()
+    cost = "no GPU memory (the lookup runs on the CPU)"
+    if speculation.draft:
+        cost = ("draft %s: %.2f GiB per GPU for its weights and unmeasured buffers, its KV cache in the model's"
+                % (speculation.draft, placement.estimate.draft_gib))
+    return ("speculative decoding %s, %d tokens per step: %s; published: %s (%s); not counted in the speed above"
+            % (speculation.method, speculation.num_speculative_tokens, cost, record["expected_effect"],
+               record["source"]))
+
+
+def _reasons(request: ModelRequest, placement: Placement, speed_note: str | None) -> list[str]:
+    notes = [speed_note, _speculation_reason(request, placement)]
+    return [_profile_reason(request)] + placement.reasons + [note for note in notes if note]
 
 
 # --- rendering: vLLM's arguments and environment ----------------------------------------------
@@ -198,6 +243,8 @@ def vllm_args(request: ModelRequest, placement: Placement, engine: str, vllm_ver
         # Clients that send OpenAI tool definitions (IDE agents, the chat's native tools) get
         # HTTP 400 from vLLM unless the model's own tool-call format is parsed.
         args += ["--enable-auto-tool-choice", "--tool-call-parser", str(entry["tool_call_parser"])]
+    if request.speculation:
+        args += speculative_argument(request.speculation)
     args += [str(a) for a in entry.get("extra_args", [])]
     return args
 
@@ -219,7 +266,7 @@ def vllm_environment(placement: Placement, engine: str) -> dict[str, str]:
 # --- the plan ---------------------------------------------------------------------------------
 
 def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: int,
-                 speed: float | None, reasons: list[str]) -> dict[str, Any]:
+                 decode: DecodePrediction | None, reasons: list[str]) -> dict[str, Any]:
     """One model's entry of the plan: what the roles, the gateway and the operator read."""
     args = vllm_args(request, placement, site.engine, site.vllm_version)
     environment = vllm_environment(placement, site.engine)
@@ -233,8 +280,12 @@ def _plan_record(request: ModelRequest, placement: Placement, site: Site, port: 
         "max_num_batched_tokens": settings["max_num_batched_tokens"],
         "enable_prefix_caching": bool(settings["prefix_caching"]),
         "memory": estimate.as_dict(), "kv_cache_tokens": estimate.kv_cache_tokens,
-        "max_concurrency": estimate.max_concurrency, "predicted_tokens_per_s": speed,
+        "max_concurrency": estimate.max_concurrency,
+        "predicted_tokens_per_s": decode.tokens_per_s if decode else None,
+        "streams_at_target_speed": decode.streams_at_target if decode else None,
+        "decode": decode.as_dict() if decode else None,
         "vllm_args": args, "environment": environment, "reasons": reasons,
+        **({"speculative": request.speculation.record()} if request.speculation else {}),
         **({"pipeline_parallel_size": placement.pipeline_parallel_size, "nodes": placement.nodes,
             "node_gpus": placement.node_gpus} if placement.nodes else {}),
     }
@@ -322,25 +373,28 @@ def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] |
     check_catalog(models)
     if not hosts:
         raise PlanError("no GPU host to plan for: put the hosts that serve models in the gpu_hosts group")
-    present = [m for m in models if m.get("state", "present") == "present"]
-    _check_present(present)
+    _check_present([m for m in models if m.get("state", "present") == "present"])
+    # Drafts (profile draft) are stored for the models that speculate with them, never served.
+    drafts = {m["name"]: m for m in models
+              if m.get("profile") == DRAFT_PROFILE and m.get("state", "present") == "present"}
+    present = [m for m in models if m.get("state", "present") == "present" and m.get("profile") != DRAFT_PROFILE]
     order = sorted(hosts, key=natural_key)
     sites = {h: _site(hosts[h], engine, vllm_version, gpu_memory_utilization, cpu_kvcache_space_gib) for h in order}
-    ports = _ports(models, base_port)
+    ports = _ports([m for m in models if m.get("profile") != DRAFT_PROFILE], base_port)
     records: dict[str, list[dict[str, Any]]] = {h: [] for h in order}
     # Pipeline stages of models over several hosts: each host's Ray node, and who heads it.
     stages: dict[str, list[dict[str, Any]]] = {h: [] for h in order}
     replicas_of: dict[str, list[str]] = {}
     nodes_of: dict[str, list[str]] = {}
     for entry in _placement_order(present):
-        request = _request(entry)
+        request = _request(entry, drafts)
         nodes, stage_hosts = _pipeline_hosts(entry, order)
         if nodes > 1:
             placement = place_across_hosts(request, sites, stage_hosts, nodes)
             head = placement.nodes[0]
-            speed, speed_note = _predict_speed(request, placement, sites[head], speed_target_tokens_per_s)
-            reasons = [_profile_reason(request)] + placement.reasons + ([speed_note] if speed_note else [])
-            records[head].append(_plan_record(request, placement, sites[head], ports[request.name], speed, reasons))
+            decode, speed_note = _predict_speed(request, placement, sites[head], speed_target_tokens_per_s)
+            reasons = _reasons(request, placement, speed_note)
+            records[head].append(_plan_record(request, placement, sites[head], ports[request.name], decode, reasons))
             for rank, host in enumerate(placement.nodes):
                 stages[host].append({"model": request.name, "head": head, "rank": rank, "nodes": placement.nodes,
                                      "gpus": placement.node_gpus[host]})
@@ -363,9 +417,9 @@ def plan_cluster(models: list[dict[str, Any]], hosts: dict[str, dict[str, Any] |
             except PlanError as exc:
                 refusals.append((host, exc))
                 continue
-            speed, speed_note = _predict_speed(request, placement, site, speed_target_tokens_per_s)
-            reasons = [_profile_reason(request)] + placement.reasons + ([speed_note] if speed_note else [])
-            records[host].append(_plan_record(request, placement, site, ports[request.name], speed, reasons))
+            decode, speed_note = _predict_speed(request, placement, site, speed_target_tokens_per_s)
+            reasons = _reasons(request, placement, speed_note)
+            records[host].append(_plan_record(request, placement, site, ports[request.name], decode, reasons))
             placed.append(host)
         if len(placed) < wanted:
             if len(candidates) == 1:

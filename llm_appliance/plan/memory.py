@@ -11,6 +11,7 @@ from typing import Any
 
 from llm_appliance.plan.config import CHUNKED, FULL, SLIDING, ModelShape
 from llm_appliance.plan.errors import PlanError
+from llm_appliance.plan.speculative import Speculation, draft_load
 
 GIB = 1024 ** 3
 
@@ -51,6 +52,7 @@ def cdiv(a: int, b: int) -> int:
 @dataclass
 class MemoryEstimate:
     weights_gib_per_gpu: float
+    draft_gib: float
     activation_peak_gib: float
     non_torch_gib: float
     cuda_graph_gib: float
@@ -179,8 +181,11 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
                     max_num_seqs: int | None = None, weights_bytes: float | None = None, quantization: str = "",
                     kv_cache_dtype: str = "auto", dtype: str = "auto", vllm_version: str = "0.32.0",
                     block_size: int = 16, enforce_eager: bool = False, cpu_kvcache_space_gib: float | None = None,
-                    name: str = "model") -> MemoryEstimate:
-    """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space)."""
+                    speculation: Speculation | None = None, name: str = "model") -> MemoryEstimate:
+    """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space).
+
+    A draft or EAGLE model (speculation) adds its weights, a margin for what is not measured, and
+    its layers' KV bytes to every block."""
     version = parse_version(vllm_version)
     if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
         raise PlanError("model %s: tensor and pipeline parallel sizes must be 1 or more" % name)
@@ -196,8 +201,10 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     max_num_batched_tokens = int(max_num_batched_tokens or (8192 if large_gpu else 2048))
     max_num_seqs = int(max_num_seqs or (1024 if large_gpu else 256))
 
-    page, group_size, groups, _ = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
-                                            kv_cache_dtype, dtype, block_size)
+    page, group_size, groups, kv_dtype_bytes = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
+                                                         kv_cache_dtype, dtype, block_size)
+    draft = draft_load(speculation, shape, tensor_parallel_size, kv_dtype_bytes, name)
+    draft_gib = (draft.weights_bytes / GIB + draft.unmeasured_gib) if draft else 0.0
     if cpu_kvcache_space_gib is not None:
         weights = weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size,
                                         quantization, dtype) / GIB
@@ -211,9 +218,9 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         non_torch = non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version)
         graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= (0, 21, 0) and not enforce_eager else 0.0
         requested = gpu_memory_gib * gpu_memory_utilization
-        available = requested - weights - activation - non_torch - graphs
+        available = requested - weights - draft_gib - activation - non_torch - graphs
 
-    block_bytes = page * group_size
+    block_bytes = page * group_size + (draft.kv_bytes_per_token * block_size if draft else 0)
     num_blocks = max(0, int(available * GIB) // block_bytes) if available > 0 else 0
     group_count = sum(groups.values())
     in_flight = in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version,
@@ -236,8 +243,8 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     if available <= 0:
         fits, reason = False, ("model %s needs %.2f GiB per GPU for weights, activations and buffers but %.2f GiB "
                                "(%.2f GiB x %.2f) are requested: no memory is left for the KV cache"
-                               % (name, weights + activation + non_torch + graphs, requested, gpu_memory_gib,
-                                  gpu_memory_utilization))
+                               % (name, weights + draft_gib + activation + non_torch + graphs, requested,
+                                  gpu_memory_gib, gpu_memory_utilization))
     elif need > num_blocks:
         fits, reason = False, ("model %s: one request of %d tokens needs %.2f GiB of KV cache per GPU, %.2f GiB is "
                                "available; the longest request that fits is %d tokens"
@@ -246,10 +253,11 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         fits, reason = True, ("%.2f GiB KV cache per GPU: %d tokens, %.1f requests of %d tokens at once"
                               % (available, tokens, concurrency, max_model_len))
     return MemoryEstimate(
-        weights_gib_per_gpu=round(weights, 3), activation_peak_gib=round(activation, 3),
+        weights_gib_per_gpu=round(weights, 3), draft_gib=round(draft_gib, 3), activation_peak_gib=round(activation, 3),
         non_torch_gib=round(non_torch, 3), cuda_graph_gib=round(graphs, 3), requested_gib=round(requested, 3),
         available_kv_cache_gib=round(available, 3),
-        kv_bytes_per_token=page // block_size * cdiv(shape.layers, pipeline_parallel_size),
+        kv_bytes_per_token=(page // block_size * cdiv(shape.layers, pipeline_parallel_size)
+                            + (draft.kv_bytes_per_token if draft else 0)),
         block_size=block_size, num_blocks=num_blocks, kv_cache_groups=group_count, kv_cache_tokens=tokens,
         max_concurrency=round(concurrency, 2), max_model_len=max_model_len, max_model_len_that_fits=fits_len,
         fits=fits, reason=reason)

@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 from llm_appliance.plan.config import ModelShape
 from llm_appliance.plan.errors import PlanError
 from llm_appliance.plan.memory import MemoryEstimate, estimate_memory
+from llm_appliance.plan.speculative import Speculation
 
 # CUDA reports a little less than nvidia-smi's memory.total: the driver's reserved memory.
 DEFAULT_RESERVED_MIB = 470
@@ -52,6 +53,7 @@ class ModelRequest:
     profile: str
     settings: dict[str, Any]
     needed_tokens: int
+    speculation: Speculation | None = None
 
     @property
     def name(self) -> str:
@@ -105,7 +107,7 @@ def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | 
         kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
         vllm_version=site.vllm_version,
         block_size=int(entry.get("block_size", 128 if site.engine == "cpu" else 16)),
-        cpu_kvcache_space_gib=kv_space_gib, name=entry["name"])
+        cpu_kvcache_space_gib=kv_space_gib, speculation=request.speculation, name=entry["name"])
 
 
 def suggestions(request: ModelRequest, site: Site, gpu: dict[str, Any], tp: int, gmu: float) -> list[str]:

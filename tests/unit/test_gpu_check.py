@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -116,6 +117,9 @@ def test_unreadable_answer():
         gpu_check.parse_query("No devices were found\n")
 
 
+SPECULATIVE_CONFIG = '{"method":"ngram","num_speculative_tokens":5,"prompt_lookup_max":4,"prompt_lookup_min":2}'
+
+
 def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
     """The plan's GPUs and memory share reach the unit's ExecStartPre (rendered by Ansible)."""
     os.environ.setdefault("ANSIBLE_NOCOLOR", "1")
@@ -123,13 +127,15 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(str(REPO / "roles/vllm/templates")), keep_trailing_newline=True)
-    env.filters["comment"] = lambda text: "# " + text
+    from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
+
+    env.filters.update(AnsibleCoreFilters().filters())   # comment, quote
     spec = importlib.util.spec_from_file_location("systemd_units_filter", REPO / "filter_plugins/systemd_units.py")
     hardening = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hardening)
     env.filters.update(hardening.FilterModule().filters())
     item = {"name": "qwen-coder", "port": 8001, "model_path": "/srv/models/qwen-coder",
-            "args": ["--quantization", "fp8"],
+            "args": ["--quantization", "fp8", "--speculative-config", SPECULATIVE_CONFIG],
             "gpu_check": [{"index": 0, "name": H100}, {"index": 1, "name": H100}], "gpu_memory_utilization": 0.9}
     unit = env.get_template("vllm.service.j2").render(
         item=item, ansible_managed="managed", vllm_user="vllm", vllm_group="llm-appliance",
@@ -141,4 +147,8 @@ def test_rendered_unit_runs_the_check_with_the_plan(tmp_path):
             "--unit vllm-qwen-coder \\\n    --memory-fraction 0.9 \\\n"
             "    --gpu '0=%s' \\\n    --gpu '1=%s'\n" % (H100, H100)) in unit
     assert "StartLimitBurst=5\n" in unit and "StartLimitIntervalSec=30min\n" in unit
+    # Arguments with quotes (the speculative config's JSON) reach vLLM whole: systemd unquotes them
+    # as a shell does (systemd.service, "Command lines").
+    exec_start = unit[unit.index("ExecStart="):].split("\n\n")[0].replace("\\\n", " ")
+    assert shlex.split(exec_start)[-4:] == ["--quantization", "fp8", "--speculative-config", SPECULATIVE_CONFIG]
     assert "DeviceAllow=char-nvidia-uvm rw\n" in unit and "ReadWritePaths=/var/lib/llm-appliance/vllm\n" in unit

@@ -11,9 +11,8 @@ import pytest
 
 from llm_appliance.plan import PlanError, cli, estimate_memory, parse_config
 from llm_appliance.plan.decide import plan_site
-from llm_appliance.plan.memory import GIB, kv_layout
+from llm_appliance.plan.memory import kv_layout
 from llm_appliance.plan.placement import gpu_total_gib
-from llm_appliance.plan.speed import decode_tokens_per_s
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -274,13 +273,6 @@ def test_tp_must_divide_heads_and_vocab():
                         gpu_memory_utilization=0.9, max_model_len=4096)
 
 
-def test_decode_roofline():
-    shape = parse_config(QWEN_CODER_32B)
-    one = decode_tokens_per_s(shape, 61.0, 1, 3350)
-    assert one == pytest.approx(3350e9 * 0.6 / (61.0 * GIB), rel=0.01)
-    assert decode_tokens_per_s(shape, 30.5, 2, 3350) > one
-
-
 def run_cli(*args):
     return subprocess.run([str(Path(sys.executable).with_name("appliance-plan")), *args],
                           capture_output=True, text=True, check=False)
@@ -347,60 +339,6 @@ CODER_MEMORY_ARGS = ["memory", "--config", str(EXAMPLE_CODER_CONFIG), "--weights
 def memory_json(capsys, *extra):
     assert cli.main(CODER_MEMORY_ARGS + list(extra) + ["--json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def test_cli_memory_prints_the_decode_speed_the_plan_uses(capsys):
-    """`memory` and the plan predict with one function: the same model and settings, the same figure."""
-    entry = {"name": "qwen-coder", "profile": "completion", "config": QWEN_CODER_32B, "weights_bytes": 65527752704,
-             "quantization": "fp8", "tensor_parallel_size": 2}
-    planned = plan_site([entry], h100s(4))["models"][0]
-    assert (planned["max_model_len"], planned["gpu_memory_utilization"]) == (16384, 0.9)
-    assert cli.main(CODER_MEMORY_ARGS) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[9].startswith("decode_tokens_per_s      %s per stream (roofline: each token reads %.3f GiB"
-                               % (planned["predicted_tokens_per_s"], planned["memory"]["weights_gib_per_gpu"]))
-    assert lines[10:] == ["memory_bandwidth_gbps    3350 (NVIDIA H100 80GB HBM3)",
-                          "decode_efficiency        0.6 of that bandwidth per stream",
-                          "tensor_parallel_size     2 (all-reduce costs 8% of a step per extra rank)",
-                          "quantization             fp8"]
-
-
-def test_cli_memory_json_gives_the_decode_assumptions(capsys):
-    out = memory_json(capsys)
-    speed = decode_tokens_per_s(parse_config(QWEN_CODER_32B), out["weights_gib_per_gpu"], 2, 3350)
-    assert out["decode"] == {"tokens_per_s": speed, "memory_bandwidth_gbps": 3350, "efficiency": 0.6,
-                             "tensor_parallel_size": 2, "tp_step_overhead": 0.08, "quantization": "fp8",
-                             "weights_gib_per_gpu": out["weights_gib_per_gpu"], "active_weight_share": 1.0,
-                             "memory_bandwidth_source": "NVIDIA H100 80GB HBM3", "pipeline_parallel_size": 1}
-    assert out["fits"] is True   # the memory fields are still there
-
-
-def test_cli_memory_decode_follows_the_gpu(capsys):
-    h100 = memory_json(capsys)["decode"]["tokens_per_s"]
-    l4 = memory_json(capsys, "--gpu-name", "NVIDIA L4")["decode"]
-    assert (l4["memory_bandwidth_gbps"], l4["memory_bandwidth_source"]) == (300, "NVIDIA L4")
-    given = memory_json(capsys, "--memory-bandwidth-gbps", "6700")["decode"]
-    assert given["memory_bandwidth_source"] == "--memory-bandwidth-gbps"
-    assert given["tokens_per_s"] == pytest.approx(2 * h100, abs=0.1)
-    assert memory_json(capsys, "--gpu-name", "Mystery GPU")["decode"]["tokens_per_s"] is None
-    assert cli.main(CODER_MEMORY_ARGS + ["--gpu-name", "Mystery GPU"]) == 0   # the memory verdict decides
-    assert "decode_tokens_per_s      n/a: the memory bandwidth of 'Mystery GPU' is not known" in capsys.readouterr().out
-    assert cli.main(CODER_MEMORY_ARGS + ["--memory-bandwidth-gbps", "0"]) == 2
-    assert "--memory-bandwidth-gbps must be positive" in capsys.readouterr().err
-
-
-def test_cli_memory_decode_of_a_quantized_moe_checkpoint(capsys):
-    """gpt-oss-20b: MXFP4 experts named as the checkpoint's quantization; a token reads only the routed experts."""
-    config = str(REPO / "tests/fixtures/model-configs/gpt-oss-20b.json")
-    args = ["memory", "--config", config, "--gpu-memory-gib", "79.19", "--tensor-parallel-size", "1",
-            "--gpu-memory-utilization", "0.9", "--max-model-len", "8192"]
-    assert cli.main(args + ["--json"]) == 0
-    decode = json.loads(capsys.readouterr().out)["decode"]
-    assert decode["quantization"] == "mxfp4" and 0 < decode["active_weight_share"] < 0.5
-    # One stream crosses the pipeline stages in turn: stages do not make it faster or slower.
-    assert cli.main(args + ["--pipeline-parallel-size", "2", "--json"]) == 0
-    staged = json.loads(capsys.readouterr().out)["decode"]
-    assert staged["tokens_per_s"] == decode["tokens_per_s"] and staged["pipeline_parallel_size"] == 2
 
 
 def test_cli_memory_help_explains_every_option(capsys):

@@ -65,6 +65,9 @@ def test_plan_renders_the_example_arguments(host, name):
                             ("--tool-call-parser", "hermes")):
             assert argv[argv.index(flag) + 1] == value
         assert "--enable-auto-tool-choice" in argv
+        # The catalog's n-gram lookup, as one JSON argument that systemd passed whole.
+        assert json.loads(argv[argv.index("--speculative-config") + 1]) == {
+            "method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     env = host.file("/etc/llm-appliance/vllm/%s.env" % name).content_string
     assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in env
 
@@ -74,10 +77,12 @@ def test_vllm_accepts_the_example_arguments(host, name):
     """vLLM 0.32's own parser, serve checks, parser names, engine arguments and model config."""
     cmd = check_args(host, exec_start(host, name)[3:])
     assert cmd.rc == 0, cmd.stdout + cmd.stderr
+    # The speculative step is named only for the model that speculates.
+    speculative = ", speculative decoding configuration" if name == "qwen-coder" else ""
     assert cmd.stdout.strip().startswith(
         "vLLM 0.32.0 accepted the arguments through its argument parser, serve checks, tool-call and reasoning "
-        "parsers, engine arguments, model configuration; stopped before its engine configuration: no GPU here"
-    ), cmd.stdout
+        "parsers, engine arguments, model configuration%s; stopped before its engine configuration: no GPU here"
+        % speculative), cmd.stdout
 
 
 @pytest.mark.parametrize("extra, reason", [
@@ -87,13 +92,15 @@ def test_vllm_accepts_the_example_arguments(host, name):
      "tool-call and reasoning parsers: 'invalid tool call parser: no-such-parser"),
     (["--max-model-len", "1000000"], "model configuration: Value error, User-specified max_model_len (1000000) is "
                                      "greater than the derived max_model_len (max_position_embeddings=32768.0"),
+    (["--speculative-config", '{"method":"ngram","prompt_lookup_max":2,"prompt_lookup_min":4}'],
+     "speculative decoding configuration: Value error, prompt_lookup_min=4 must be <= prompt_lookup_max=2"),
 ])
 def test_vllm_refuses_what_it_does_not_accept(host, extra, reason):
     """The same check must fail: a flag or value that vLLM 0.32 refuses is caught before a start."""
     argv = exec_start(host, "qwen-coder")[3:]
     if "--tool-call-parser" in extra:
         argv = argv[:argv.index("--tool-call-parser")] + argv[argv.index("--tool-call-parser") + 2:]
-    elif "--max-model-len" in extra or "--quantization" in extra:
+    elif extra[0] in ("--max-model-len", "--quantization", "--speculative-config"):
         position = argv.index(extra[0])
         argv = argv[:position] + argv[position + 2:]
     cmd = check_args(host, argv + extra)
