@@ -22,7 +22,7 @@ from typing import Any
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.decide import plan_cluster, plan_site
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import MemoryEstimate, estimate_memory
+from llm_appliance.plan.memory import MemoryEstimate, estimate_memory, parse_version, vllm_defaults
 from llm_appliance.plan.speed import GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, gpu_peak_tflops, predict_decode
 
 # The appliance's reference GPU (79.19 GiB as CUDA reports it), for the decode prediction.
@@ -66,19 +66,23 @@ def cmd_memory(args: argparse.Namespace) -> int:
         weights = args.param_count * (1 if shape.checkpoint_quantization else 2)
     if weights is None:
         weights = _weights_from_index(args.config)
+    if args.gpu_memory_utilization is None:
+        args.gpu_memory_utilization = vllm_defaults(parse_version(args.vllm_version), args.gpu_memory_gib,
+                                                    args.gpu_name)["gpu_memory_utilization"]
     estimate = estimate_memory(
         shape, gpu_memory_gib=args.gpu_memory_gib, tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
         max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
         max_num_seqs=args.max_num_seqs, weights_bytes=weights, quantization=args.quantization or "",
         kv_cache_dtype=args.kv_cache_dtype, dtype=args.dtype, vllm_version=args.vllm_version,
-        block_size=args.block_size, enforce_eager=args.enforce_eager, name=shape.architecture)
+        block_size=args.block_size, enforce_eager=args.enforce_eager, gpu_name=args.gpu_name,
+        name=shape.architecture)
     decode = _decode_prediction(args, shape, weights, estimate)
     result = estimate.as_dict()
     if args.json:
         print(json.dumps(dict(result, decode=decode), indent=2, sort_keys=True))
     else:
-        for key in MEMORY_LINES:
+        for key in MEMORY_LINES + (("caveat",) if result["caveat"] else ()):
             print("%-24s %s" % (key, result[key]))
         print("\n".join(_decode_lines(decode)))
     return 0 if estimate.fits else 1
@@ -91,7 +95,8 @@ def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_byte
     of --context-tokens the KV cache holds)."""
     source = "--memory-bandwidth-gbps" if args.memory_bandwidth_gbps else args.gpu_name
     gpu = {"name": args.gpu_name, "memory_bandwidth_gbps": args.memory_bandwidth_gbps}
-    max_num_seqs = args.max_num_seqs or (1024 if args.gpu_memory_gib >= 70 else 256)
+    max_num_seqs = args.max_num_seqs or vllm_defaults(parse_version(args.vllm_version), args.gpu_memory_gib,
+                                                      args.gpu_name)["max_num_seqs"]
     most = min(max_num_seqs, estimate.kv_cache_tokens // max(args.context_tokens, 1))
     prediction = predict_decode(
         shape, weights_bytes=weights_bytes, tensor_parallel_size=args.tensor_parallel_size,
@@ -245,15 +250,17 @@ def _add_memory_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
                         help="GPUs each layer is split across (must divide the attention heads)")
     memory.add_argument("--pipeline-parallel-size", type=int, default=1,
                         help="pipeline stages, each holding a share of the layers (default: 1)")
-    memory.add_argument("--gpu-memory-utilization", type=float, required=True,
-                        help="share of the GPU's memory vLLM may use, in (0, 1]")
+    memory.add_argument("--gpu-memory-utilization", type=float,
+                        help="share of the GPU's memory vLLM may use, in (0, 1] (default: the release's, 0.9 "
+                             "before vLLM 0.20, 0.92 from 0.20)")
     memory.add_argument("--max-model-len", type=int, required=True,
                         help="longest request (prompt + output) in tokens; one must fit in the KV cache")
     memory.add_argument("--max-num-batched-tokens", type=int,
-                        help="tokens per scheduler step (default: vLLM's, 8192 on GPUs of 70 GiB or more, "
-                             "else 2048)")
+                        help="tokens per scheduler step (default: vLLM's, 8192 on GPUs of 70 GiB or more but "
+                             "A100s, 16384 on 160 GiB or more from 0.28, else 2048)")
     memory.add_argument("--max-num-seqs", type=int,
-                        help="requests in one batch (default: vLLM's, 1024 on GPUs of 70 GiB or more, else 256)")
+                        help="requests in one batch (default: vLLM's, 1024 where the batch default is 8192 or "
+                             "more, else 256)")
     memory.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block (default: 16)")
     memory.add_argument("--enforce-eager", action="store_true",
                         help="no CUDA graphs: their memory is not deducted from the KV cache")

@@ -39,6 +39,9 @@ class ModelShape:
     decode_layer_bytes: int = 0
     decode_head_bytes: int = 0
     weight_format: str = "16-bit"     # how the linear layers are stored: 16-bit, fp8, int8, int4, mxfp4
+    # Layers whose cache the planner does not model (state-space, linear attention, sparse-attention
+    # indexers): why, or empty. The memory estimate then holds part of the pool back.
+    kv_unmodelled: str = ""
 
     def checkpoint_bytes(self) -> int:
         """Checkpoint bytes from config.json alone (estimate_weights_bytes), for when the catalog has no
@@ -85,6 +88,22 @@ def _weight_format(quant: dict[str, Any], method: str) -> str:
                 return ("fp8" if weights.get("type") == "float" else "int8") if bits >= 8 else "int4"
         return "16-bit"
     return method if method in ("fp8", "mxfp4") else "16-bit"
+
+
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "chunked_local_attention",
+                         "attention", "sliding")
+
+
+def _kv_unmodelled(config: dict[str, Any], text: dict[str, Any], name: str) -> str:
+    """Why the model's cache is not one the planner models (state-space or linear-attention
+    layers: Mamba, gated DeltaNet in Qwen3-Next; a sparse-attention indexer: DeepSeek V3.2), or ''."""
+    other = sorted({str(kind) for kind in _get(config, text, "layer_types", default=[]) or []
+                    if kind not in ATTENTION_LAYER_TYPES})
+    keys = [key for key in NOT_ATTENTION_KEYS + ("index_topk", "index_n_heads") if _get(config, text, key) is not None]
+    if not other and not keys:
+        return ""
+    return "model %s has layers whose cache the planner does not model (%s)" % (
+        name, ", ".join(other + keys))
 
 
 def _get(config: dict[str, Any], text: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -174,6 +193,7 @@ def parse_config(config: object, name: str = "model") -> ModelShape:
     )
     shape.layer_kinds = _layer_kinds(config, text, layers, model_type)
     shape.weight_format = _weight_format(quant if isinstance(quant, dict) else {}, quant_method)
+    shape.kv_unmodelled = _kv_unmodelled(config, text, name)
     try:
         shape.weights_bytes_estimate = estimate_weights_bytes(config, name)
         shape.decode_layer_bytes, shape.decode_head_bytes = estimate_decode_read_bytes(config, name)
@@ -324,9 +344,7 @@ def _text_model(config: dict[str, Any], text: dict[str, Any], name: str) -> tupl
     def get(*keys: str, default: Any = None) -> Any:
         return _get(config, text, *keys, default=default)
     if any(get(key) is not None for key in NOT_ATTENTION_KEYS) or any(
-            kind not in ("full_attention", "sliding_attention", "chunked_attention", "chunked_local_attention",
-                         "attention", "sliding")
-            for kind in get("layer_types", default=[]) or []):
+            kind not in ATTENTION_LAYER_TYPES for kind in get("layer_types", default=[]) or []):
         raise _unknown(name, "it has state-space or linear-attention layers the planner does not size")
     model_type = str(text.get("model_type") or config.get("model_type") or "")
     multimodal = text is not config

@@ -203,7 +203,7 @@ def _speculation_reason(request: ModelRequest, placement: Placement) -> str | No
 
 
 def _reasons(request: ModelRequest, placement: Placement, speed_note: str | None) -> list[str]:
-    notes = [speed_note, _speculation_reason(request, placement)]
+    notes = [placement.estimate.caveat, speed_note, _speculation_reason(request, placement)]
     return [_profile_reason(request)] + placement.reasons + [note for note in notes if note]
 
 

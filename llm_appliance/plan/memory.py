@@ -28,11 +28,31 @@ NON_TORCH_TP1_GIB = 0.25
 NON_TORCH_TP1_BEFORE_0_18_GIB = 0.13
 NON_TORCH_TP2_GIB = 2.13
 NON_TORCH_PP_ONLY_GIB = 0.07
-# The first release whose sliding-window reservation counts every in-flight batch: read in
-# 0.32.0's sources; the release that introduced it was not identified.
-IN_FLIGHT_BATCHES_FROM = (0, 32, 0)
-# CUDA graphs: estimated, then deducted from the KV budget from v0.21; 0.5-1.9 GiB seen on H100.
+# CUDA graphs: estimated, then deducted from the KV budget; 0.5-1.9 GiB seen on H100.
 CUDA_GRAPH_ESTIMATE_GIB = 0.9
+
+# What changed between vLLM releases, each read in that release's own source (the sdists of 0.10.0
+# to 0.34.0 compared file by file; docs/planner.md has the table).
+FOLLOWED_FROM, FOLLOWED_UNTIL = (0, 10, 0), (0, 34, 0)   # 0.34 sizes the cache another way (below)
+# envs.py: VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to "1" from 0.20.0 (PR #38284; its
+# log line says "default since v0.21.0", which 0.20.0's own source contradicts).
+CUDA_GRAPHS_DEDUCTED_FROM = (0, 20, 0)
+# v1/core/kv_cache_utils.py _report_kv_cache_config: "GPU KV cache size" is
+# int(max_concurrency x max_model_len) from 0.21.0, num_blocks // groups x block before.
+TOKENS_AS_CONCURRENCY_FROM = (0, 21, 0)
+# v1/kv_cache_interface.py SlidingWindowSpec/ChunkedLocalAttentionSpec reserve
+# vllm_config.max_in_flight_tokens (config/vllm.py) instead of one batch from 0.26.0.
+IN_FLIGHT_BATCHES_FROM = (0, 26, 0)
+# envs.py VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE defaults to "0" in 0.10.1-0.13.x:
+# config/vllm.py then turns the hybrid KV-cache manager off for chunked local attention
+# (Llama 4), and every chunked layer holds a full-length request like a global one.
+CHUNKED_AS_FULL = ((0, 10, 1), (0, 14, 0))
+# The pool is held back by this share, and the plan says why, when the release or the model's
+# layers are not ones the planner follows: it must never promise more than vLLM will find.
+UNFOLLOWED_RELEASE_MARGIN = 0.10
+# Hybrid state-space / linear-attention models lost 18-24% of the pool to CUDA-graph estimates
+# from 0.26 (vllm issue #50780), and their state blocks are not modelled here.
+UNMODELLED_LAYERS_MARGIN = 0.25
 
 
 def parse_version(version: object) -> tuple[int, ...]:
@@ -49,10 +69,43 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def vllm_defaults(version: tuple[int, ...], gpu_memory_gib: float, gpu_name: str = "") -> dict[str, Any]:
+    """What `vllm serve` picks when not told, by release and GPU.
+
+    gpu_memory_utilization (config/cache.py CacheConfig): 0.9 until 0.19, 0.92 from 0.20.0 (PR
+    #38284, with the CUDA-graph estimate), None from 0.34.0, which sizes an extensible cache
+    (1.0). max_num_batched_tokens / max_num_seqs (engine/arg_utils.py get_batch_defaults, the
+    OPENAI_API_SERVER column): 8192 / 1024 on GPUs of 70 GiB or more whose name is not an A100
+    (PR #17885), 16384 / 1024 on 160 GiB or more from 0.28.0 (B200, MI300X), else 2048 / 256.
+    block_size (config/cache.py): 16 on CUDA until 0.33, 64 from 0.34.0."""
+    large = gpu_memory_gib >= 70 and "a100" not in gpu_name.lower()
+    huge = gpu_memory_gib >= 160 and version >= (0, 28, 0)
+    return {
+        "gpu_memory_utilization": 0.9 if version < (0, 20, 0) else (0.92 if version < (0, 34, 0) else 1.0),
+        "max_num_batched_tokens": 16384 if huge else (8192 if large else 2048),
+        "max_num_seqs": 1024 if large or huge else 256,
+        "block_size": 16 if version < (0, 34, 0) else 64,
+    }
+
+
+def release_caveat(version: tuple[int, ...]) -> str:
+    """Why the pool is held back for a release the planner does not follow; empty when it does."""
+    if FOLLOWED_FROM <= version < FOLLOWED_UNTIL:
+        return ""
+    shown = ".".join(str(part) for part in version)
+    if version >= FOLLOWED_UNTIL:
+        why = ("vLLM %s is newer than the releases the planner follows (0.10-0.33; 0.34 sizes an extensible KV "
+               "cache with gpu_memory_utilization 1.0 and 64-token blocks)" % shown)
+    else:
+        why = "vLLM %s is older than the releases the planner follows (0.10-0.33)" % shown
+    return "%s: the KV pool is under-predicted by %d%%" % (why, UNFOLLOWED_RELEASE_MARGIN * 100)
+
+
 @dataclass
 class MemoryEstimate:
     weights_gib_per_gpu: float
     draft_gib: float
+    caveat: str                 # why the pool is held back (a release or layers not followed); empty if not
     activation_peak_gib: float
     non_torch_gib: float
     cuda_graph_gib: float
@@ -98,6 +151,7 @@ def weights_bytes_per_gpu(shape: ModelShape, weights_bytes: float | None, tensor
 
 def activation_peak_gib(shape: ModelShape, max_num_seqs: int, max_num_batched_tokens: int, pipeline_parallel_size: int,
                         version: tuple[int, ...], dtype: str) -> float:
+    # 0.17.0 sorts top-k/top-p with a Triton kernel (PR #33538) instead of torch's full sort.
     copies = SAMPLER_COPIES if version >= (0, 17, 0) else SAMPLER_COPIES_BEFORE_0_17
     sampler = copies * max_num_seqs * shape.vocab * 4 / GIB
     if pipeline_parallel_size > 1:
@@ -117,8 +171,9 @@ def non_torch_gib(tensor_parallel_size: int, pipeline_parallel_size: int, versio
 
 
 def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_size: int, kv_cache_dtype: str | None,
-              dtype: str, block_size: int) -> tuple[int, int, dict[str, int], int]:
-    """Page size per layer-block and the grouping of layer kinds, as vLLM's KV-cache manager builds them."""
+              dtype: str, block_size: int, chunked_as_full: bool = False) -> tuple[int, int, dict[str, int], int]:
+    """Page size per layer-block and the grouping of layer kinds, as vLLM's KV-cache manager builds them
+    (chunked_as_full: the releases that turn the hybrid manager off for chunked local attention)."""
     if kv_cache_dtype and kv_cache_dtype.startswith("fp8"):
         dtype_bytes = 1
     elif dtype in ("float32", "float") or (dtype == "auto" and shape.torch_dtype in ("float32", "float")):
@@ -133,6 +188,8 @@ def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_si
         page = 2 * block_size * kv_heads_per_gpu * shape.head_dim * dtype_bytes
     layers_per_stage = cdiv(shape.layers, pipeline_parallel_size)
     kinds = shape.layer_kinds[:layers_per_stage] if shape.layer_kinds else [FULL] * layers_per_stage
+    if chunked_as_full:
+        kinds = [FULL if kind == CHUNKED else kind for kind in kinds]
     counts = {kind: kinds.count(kind) for kind in (FULL, SLIDING, CHUNKED) if kinds.count(kind)}
     if len(counts) == 1:
         group_size = layers_per_stage
@@ -181,7 +238,7 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
                     max_num_seqs: int | None = None, weights_bytes: float | None = None, quantization: str = "",
                     kv_cache_dtype: str = "auto", dtype: str = "auto", vllm_version: str = "0.32.0",
                     block_size: int = 16, enforce_eager: bool = False, cpu_kvcache_space_gib: float | None = None,
-                    speculation: Speculation | None = None, name: str = "model") -> MemoryEstimate:
+                    speculation: Speculation | None = None, gpu_name: str = "", name: str = "model") -> MemoryEstimate:
     """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space).
 
     A draft or EAGLE model (speculation) adds its weights, a margin for what is not measured, and
@@ -197,12 +254,13 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     max_model_len = int(max_model_len or shape.max_position)
     if max_model_len <= 0:
         raise PlanError("model %s: max_model_len must be positive" % name)
-    large_gpu = gpu_memory_gib >= 70
-    max_num_batched_tokens = int(max_num_batched_tokens or (8192 if large_gpu else 2048))
-    max_num_seqs = int(max_num_seqs or (1024 if large_gpu else 256))
+    defaults = vllm_defaults(version, gpu_memory_gib, gpu_name)
+    max_num_batched_tokens = int(max_num_batched_tokens or defaults["max_num_batched_tokens"])
+    max_num_seqs = int(max_num_seqs or defaults["max_num_seqs"])
 
+    chunked_as_full = CHUNKED_AS_FULL[0] <= version < CHUNKED_AS_FULL[1]
     page, group_size, groups, kv_dtype_bytes = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
-                                                         kv_cache_dtype, dtype, block_size)
+                                                         kv_cache_dtype, dtype, block_size, chunked_as_full)
     draft = draft_load(speculation, shape, tensor_parallel_size, kv_dtype_bytes, name)
     draft_gib = (draft.weights_bytes / GIB + draft.unmeasured_gib) if draft else 0.0
     if cpu_kvcache_space_gib is not None:
@@ -216,9 +274,18 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         activation = activation_peak_gib(shape, max_num_seqs, max_num_batched_tokens, pipeline_parallel_size,
                                          version, dtype)
         non_torch = non_torch_gib(tensor_parallel_size, pipeline_parallel_size, version)
-        graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= (0, 21, 0) and not enforce_eager else 0.0
+        graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= CUDA_GRAPHS_DEDUCTED_FROM and not enforce_eager else 0.0
         requested = gpu_memory_gib * gpu_memory_utilization
         available = requested - weights - draft_gib - activation - non_torch - graphs
+    caveats = [text for text in (release_caveat(version), shape.kv_unmodelled and "%s: the KV pool is "
+               "under-predicted by %d%% and those layers are counted as full attention"
+               % (shape.kv_unmodelled, UNMODELLED_LAYERS_MARGIN * 100)) if text]
+    if cpu_kvcache_space_gib is None and available > 0:
+        # Held back, not spent: the margins of what the planner does not follow (release_caveat).
+        for margin, applies in ((UNFOLLOWED_RELEASE_MARGIN, bool(release_caveat(version))),
+                                (UNMODELLED_LAYERS_MARGIN, bool(shape.kv_unmodelled))):
+            if applies:
+                available *= 1 - margin
 
     block_bytes = page * group_size + (draft.kv_bytes_per_token * block_size if draft else 0)
     num_blocks = max(0, int(available * GIB) // block_bytes) if available > 0 else 0
@@ -229,7 +296,8 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     concurrency = num_blocks / need if need else 0.0
     # From v0.21 the CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
     # for hybrid models it counts the sliding groups' smaller reservations too.
-    tokens = int(concurrency * max_model_len) if version >= (0, 21, 0) else num_blocks // group_count * block_size
+    tokens = (int(concurrency * max_model_len) if version >= TOKENS_AS_CONCURRENCY_FROM
+              else num_blocks // group_count * block_size)
 
     fits_len = 0
     low, high = 1, max(max_model_len, shape.max_position)
@@ -253,7 +321,8 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         fits, reason = True, ("%.2f GiB KV cache per GPU: %d tokens, %.1f requests of %d tokens at once"
                               % (available, tokens, concurrency, max_model_len))
     return MemoryEstimate(
-        weights_gib_per_gpu=round(weights, 3), draft_gib=round(draft_gib, 3), activation_peak_gib=round(activation, 3),
+        weights_gib_per_gpu=round(weights, 3), draft_gib=round(draft_gib, 3), caveat="; ".join(caveats),
+        activation_peak_gib=round(activation, 3),
         non_torch_gib=round(non_torch, 3), cuda_graph_gib=round(graphs, 3), requested_gib=round(requested, 3),
         available_kv_cache_gib=round(available, 3),
         kv_bytes_per_token=(page // block_size * cdiv(shape.layers, pipeline_parallel_size)

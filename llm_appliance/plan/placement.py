@@ -107,7 +107,8 @@ def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | 
         kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
         vllm_version=site.vllm_version,
         block_size=int(entry.get("block_size", 128 if site.engine == "cpu" else 16)),
-        cpu_kvcache_space_gib=kv_space_gib, speculation=request.speculation, name=entry["name"])
+        cpu_kvcache_space_gib=kv_space_gib, speculation=request.speculation,
+        gpu_name=gpu.get("name", "") if gpu else "", name=entry["name"])
 
 
 def suggestions(request: ModelRequest, site: Site, gpu: dict[str, Any], tp: int, gmu: float) -> list[str]:

@@ -141,14 +141,16 @@ def test_cuda_total_from_nvidia_smi():
     assert gpu_total_gib(H100) == 79.19
 
 
-def test_sliding_window_reservation_counts_every_in_flight_batch_from_0_32():
-    """vLLM 0.32 reserves (pipeline stages + 1) batches per sliding group on GPUs (async scheduling);
-    before, one batch. gemma-3-27b at 32k: 6 sliding groups of cdiv(1023 + in-flight, 16) + 1 blocks."""
+def test_sliding_window_reservation_counts_every_in_flight_batch_from_0_26():
+    """From vLLM 0.26 (config/vllm.py max_in_flight_tokens) a sliding group reserves (pipeline
+    stages + 1) batches on GPUs (async scheduling); before, one batch. gemma-3-27b at 32k: 6
+    sliding groups of cdiv(1023 + in-flight, 16) + 1 blocks."""
     shape = parse_config(GEMMA_3_27B)
     settings = dict(gpu_memory_gib=79.19, gpu_memory_utilization=0.9, max_model_len=32768,
                     max_num_batched_tokens=8192, weights_bytes=55244358451)
-    old = estimate_memory(shape, vllm_version="0.31.0", **settings)
-    new = estimate_memory(shape, vllm_version="0.32.0", **settings)
+    old = estimate_memory(shape, vllm_version="0.25.0", **settings)
+    new = estimate_memory(shape, vllm_version="0.26.0", **settings)
+    assert estimate_memory(shape, vllm_version="0.32.0", **settings).max_concurrency == new.max_concurrency
     blocks_old = 2048 + 6 * ((1023 + 8192 + 15) // 16 + 1)
     blocks_new = 2048 + 6 * ((1023 + 16384 + 15) // 16 + 1)
     assert old.max_concurrency == round(old.num_blocks / blocks_old, 2)
