@@ -8,7 +8,7 @@ from llm_appliance.plan.errors import PlanError
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
-FULL, SLIDING, CHUNKED = "full", "sliding", "chunked"
+FULL, SLIDING, CHUNKED, LINEAR = "full", "sliding", "chunked", "linear"
 
 
 @dataclass
@@ -42,6 +42,9 @@ class ModelShape:
     # Layers whose cache the planner does not model (state-space, linear attention, sparse-attention
     # indexers): why, or empty. The memory estimate then holds part of the pool back.
     kv_unmodelled: str = ""
+    # Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5): its state per layer, as
+    # (conv_dim, conv_kernel, value_heads, value_head_dim, key_head_dim); empty otherwise.
+    linear_attention: tuple[int, ...] = ()
 
     def checkpoint_bytes(self) -> int:
         """Checkpoint bytes from config.json alone (estimate_weights_bytes), for when the catalog has no
@@ -95,11 +98,13 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attenti
 
 
 def _kv_unmodelled(config: dict[str, Any], text: dict[str, Any], name: str) -> str:
-    """Why the model's cache is not one the planner models (state-space or linear-attention
-    layers: Mamba, gated DeltaNet in Qwen3-Next; a sparse-attention indexer: DeepSeek V3.2), or ''."""
+    """Why the model's cache is not one the planner models (state-space layers: Mamba; a
+    sparse-attention indexer: DeepSeek V3.2), or ''. Gated DeltaNet (linear_* keys) is modelled."""
+    deltanet = _get(config, text, "linear_num_value_heads") is not None
     other = sorted({str(kind) for kind in _get(config, text, "layer_types", default=[]) or []
-                    if kind not in ATTENTION_LAYER_TYPES})
-    keys = [key for key in NOT_ATTENTION_KEYS + ("index_topk", "index_n_heads") if _get(config, text, key) is not None]
+                    if kind not in ATTENTION_LAYER_TYPES and not (deltanet and kind == "linear_attention")})
+    keys = [key for key in NOT_ATTENTION_KEYS + ("index_topk", "index_n_heads")
+            if _get(config, text, key) is not None and not (deltanet and key == "linear_num_key_heads")]
     if not other and not keys:
         return ""
     return "model %s has layers whose cache the planner does not model (%s)" % (
@@ -121,11 +126,17 @@ def _layer_kinds(config: dict[str, Any], text: dict[str, Any], layers: int, mode
         for kind in layer_types:
             if kind in ("sliding_attention", "sliding"):
                 kinds.append(SLIDING)
+            elif kind == "linear_attention" and _get(config, text, "linear_num_value_heads"):
+                kinds.append(LINEAR)
             elif kind in ("chunked_attention", "chunked_local_attention"):
                 kinds.append(CHUNKED)
             else:
                 kinds.append(FULL)
         return kinds
+    interval = _get(config, text, "full_attention_interval")
+    if interval and _get(config, text, "linear_num_value_heads"):
+        # Qwen3-Next: every interval-th layer is full attention, the others gated DeltaNet.
+        return [FULL if (i + 1) % int(interval) == 0 else LINEAR for i in range(layers)]
     window = _get(config, text, "sliding_window")
     chunk = _get(config, text, "attention_chunk_size")
     if chunk:
@@ -194,6 +205,14 @@ def parse_config(config: object, name: str = "model") -> ModelShape:
     shape.layer_kinds = _layer_kinds(config, text, layers, model_type)
     shape.weight_format = _weight_format(quant if isinstance(quant, dict) else {}, quant_method)
     shape.kv_unmodelled = _kv_unmodelled(config, text, name)
+    if LINEAR in shape.layer_kinds:
+        key_heads = int(_get(config, text, "linear_num_key_heads"))
+        key_dim = int(_get(config, text, "linear_key_head_dim"))
+        value_heads, value_dim = (int(_get(config, text, "linear_num_value_heads")),
+                                  int(_get(config, text, "linear_value_head_dim")))
+        shape.linear_attention = (2 * key_heads * key_dim + value_heads * value_dim,
+                                  int(_get(config, text, "linear_conv_kernel_dim", default=4)), value_heads, value_dim,
+                                  key_dim)
     try:
         shape.weights_bytes_estimate = estimate_weights_bytes(config, name)
         shape.decode_layer_bytes, shape.decode_head_bytes = estimate_decode_read_bytes(config, name)

@@ -9,7 +9,7 @@ KV tokens    = blocks // groups x block size          (vLLM <= 0.20's log line)
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llm_appliance.plan.config import CHUNKED, FULL, SLIDING, ModelShape
+from llm_appliance.plan.config import CHUNKED, FULL, LINEAR, SLIDING, ModelShape
 from llm_appliance.plan.errors import PlanError
 from llm_appliance.plan.speculative import Speculation, draft_load
 
@@ -51,8 +51,16 @@ CHUNKED_AS_FULL = ((0, 10, 1), (0, 14, 0))
 # layers are not ones the planner follows: it must never promise more than vLLM will find.
 UNFOLLOWED_RELEASE_MARGIN = 0.10
 # Hybrid state-space / linear-attention models lost 18-24% of the pool to CUDA-graph estimates
-# from 0.26 (vllm issue #50780), and their state blocks are not modelled here.
+# from 0.26 (vllm issue #50780); Mamba layers are not modelled at all (counted as full attention),
+# gated DeltaNet is modelled from vLLM's source but not yet checked against a start-up log.
 UNMODELLED_LAYERS_MARGIN = 0.25
+# config/model.py is_prefix_caching_supported: hybrid models get prefix caching by default from
+# 0.26.0, which puts mamba_cache_mode in "align": 2 state blocks a request per linear group
+# (v1/kv_cache_interface.py MambaSpec.max_memory_usage_bytes), 1 without prefix caching.
+HYBRID_PREFIX_CACHING_FROM = (0, 26, 0)
+# The attention kernel's smallest block on H100 (FlashAttention), which the enlarged hybrid block
+# is a multiple of (platforms/interface.py _align_hybrid_block_size, 0.20+; models/config.py before).
+KERNEL_BLOCK_ALIGNMENT = 16
 
 
 def parse_version(version: object) -> tuple[int, ...]:
@@ -86,6 +94,19 @@ def vllm_defaults(version: tuple[int, ...], gpu_memory_gib: float, gpu_name: str
         "max_num_seqs": 1024 if large or huge else 256,
         "block_size": 16 if version < (0, 34, 0) else 64,
     }
+
+
+def layers_caveat(shape: ModelShape) -> str:
+    """Why the pool is held back for the model's layers; empty for attention-only models."""
+    if shape.kv_unmodelled:
+        return ("%s: the KV pool is under-predicted by %d%% and those layers are counted as full attention"
+                % (shape.kv_unmodelled, UNMODELLED_LAYERS_MARGIN * 100))
+    if shape.linear_attention:
+        return ("%s's gated-DeltaNet layers are sized as vLLM 0.32's source sizes them, not yet checked against a "
+                "start-up log, and such hybrids lost 18-24%% of the pool to CUDA-graph estimates (vLLM issue "
+                "#50780): the KV pool is under-predicted by %d%%"
+                % (shape.architecture, UNMODELLED_LAYERS_MARGIN * 100))
+    return ""
 
 
 def release_caveat(version: tuple[int, ...]) -> str:
@@ -190,7 +211,7 @@ def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_si
     kinds = shape.layer_kinds[:layers_per_stage] if shape.layer_kinds else [FULL] * layers_per_stage
     if chunked_as_full:
         kinds = [FULL if kind == CHUNKED else kind for kind in kinds]
-    counts = {kind: kinds.count(kind) for kind in (FULL, SLIDING, CHUNKED) if kinds.count(kind)}
+    counts = {kind: kinds.count(kind) for kind in (FULL, SLIDING, CHUNKED, LINEAR) if kinds.count(kind)}
     if len(counts) == 1:
         group_size = layers_per_stage
         groups = {kind: 1 for kind in counts}
@@ -216,13 +237,31 @@ def in_flight_tokens(max_num_batched_tokens: int, pipeline_parallel_size: int, v
     return max_num_batched_tokens * batches
 
 
+def hybrid_block_size(shape: ModelShape, tensor_parallel_size: int, kv_dtype_bytes: int, block_size: int,
+                      speculative_tokens: int) -> int:
+    """The attention block of a gated-DeltaNet hybrid, enlarged until one attention page holds a
+    linear layer's state (conv state + recurrent state, model dtype), as vLLM 0.32's
+    _align_hybrid_block_size does: Qwen3-Next-80B gets 544-token blocks."""
+    if not shape.linear_attention:
+        return block_size
+    conv_dim, kernel, value_heads, value_dim, key_dim = shape.linear_attention
+    state_bytes = 2 if shape.torch_dtype not in ("float32", "float") else 4
+    state = ((conv_dim // tensor_parallel_size) * (kernel - 1 + speculative_tokens)
+             + (value_heads // tensor_parallel_size) * value_dim * key_dim) * state_bytes
+    per_token = 2 * max(1, shape.kv_heads // tensor_parallel_size) * shape.head_dim * kv_dtype_bytes
+    aligned = KERNEL_BLOCK_ALIGNMENT * cdiv(state, KERNEL_BLOCK_ALIGNMENT * per_token)
+    return max(block_size, aligned)
+
+
 def blocks_per_request(shape: ModelShape, groups: dict[str, int], max_model_len: int, in_flight: int,
-                       block_size: int) -> int:
+                       block_size: int, state_blocks: int = 1) -> int:
     """Blocks one request of max_model_len holds; window layers keep their window plus the
-    tokens in flight (in_flight_tokens)."""
+    tokens in flight (in_flight_tokens), linear-attention layers `state_blocks` each."""
     need = 0
     for kind, count in groups.items():
-        if kind == SLIDING:
+        if kind == LINEAR:
+            per_group = state_blocks
+        elif kind == SLIDING:
             per_group = cdiv(min(shape.sliding_window - 1 + in_flight, max_model_len), block_size) + 1
         elif kind == CHUNKED:
             per_group = cdiv(min(shape.chunk_size + in_flight, max_model_len), block_size)
@@ -238,7 +277,8 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
                     max_num_seqs: int | None = None, weights_bytes: float | None = None, quantization: str = "",
                     kv_cache_dtype: str = "auto", dtype: str = "auto", vllm_version: str = "0.32.0",
                     block_size: int = 16, enforce_eager: bool = False, cpu_kvcache_space_gib: float | None = None,
-                    speculation: Speculation | None = None, gpu_name: str = "", name: str = "model") -> MemoryEstimate:
+                    speculation: Speculation | None = None, prefix_caching: bool = True, gpu_name: str = "",
+                    name: str = "model") -> MemoryEstimate:
     """Predict what vLLM will report at start-up on one GPU (or, for the CPU engine, in its KV space).
 
     A draft or EAGLE model (speculation) adds its weights, a margin for what is not measured, and
@@ -259,6 +299,11 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     max_num_seqs = int(max_num_seqs or defaults["max_num_seqs"])
 
     chunked_as_full = CHUNKED_AS_FULL[0] <= version < CHUNKED_AS_FULL[1]
+    speculative_tokens = speculation.num_speculative_tokens if speculation else 0
+    if shape.linear_attention:
+        kv_bytes = 1 if kv_cache_dtype and kv_cache_dtype.startswith("fp8") else 2
+        block_size = hybrid_block_size(shape, tensor_parallel_size, kv_bytes, block_size, speculative_tokens)
+    state_blocks = (2 if prefix_caching and version >= HYBRID_PREFIX_CACHING_FROM else 1) + speculative_tokens
     page, group_size, groups, kv_dtype_bytes = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
                                                          kv_cache_dtype, dtype, block_size, chunked_as_full)
     draft = draft_load(speculation, shape, tensor_parallel_size, kv_dtype_bytes, name)
@@ -277,13 +322,11 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= CUDA_GRAPHS_DEDUCTED_FROM and not enforce_eager else 0.0
         requested = gpu_memory_gib * gpu_memory_utilization
         available = requested - weights - draft_gib - activation - non_torch - graphs
-    caveats = [text for text in (release_caveat(version), shape.kv_unmodelled and "%s: the KV pool is "
-               "under-predicted by %d%% and those layers are counted as full attention"
-               % (shape.kv_unmodelled, UNMODELLED_LAYERS_MARGIN * 100)) if text]
+    caveats = [text for text in (release_caveat(version), layers_caveat(shape)) if text]
     if cpu_kvcache_space_gib is None and available > 0:
         # Held back, not spent: the margins of what the planner does not follow (release_caveat).
         for margin, applies in ((UNFOLLOWED_RELEASE_MARGIN, bool(release_caveat(version))),
-                                (UNMODELLED_LAYERS_MARGIN, bool(shape.kv_unmodelled))):
+                                (UNMODELLED_LAYERS_MARGIN, bool(layers_caveat(shape)))):
             if applies:
                 available *= 1 - margin
 
@@ -292,7 +335,7 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     group_count = sum(groups.values())
     in_flight = in_flight_tokens(max_num_batched_tokens, pipeline_parallel_size, version,
                                  cpu_engine=cpu_kvcache_space_gib is not None)
-    need = blocks_per_request(shape, groups, max_model_len, in_flight, block_size)
+    need = blocks_per_request(shape, groups, max_model_len, in_flight, block_size, state_blocks)
     concurrency = num_blocks / need if need else 0.0
     # From v0.21 the CPU engine's "CPU KV cache size" line comes from the same function as the GPU's:
     # for hybrid models it counts the sliding groups' smaller reservations too.
@@ -303,7 +346,7 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     low, high = 1, max(max_model_len, shape.max_position)
     while low <= high:
         mid = (low + high) // 2
-        if blocks_per_request(shape, groups, mid, in_flight, block_size) <= num_blocks:
+        if blocks_per_request(shape, groups, mid, in_flight, block_size, state_blocks) <= num_blocks:
             fits_len, low = mid, mid + 1
         else:
             high = mid - 1

@@ -108,6 +108,7 @@ def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | 
         vllm_version=site.vllm_version,
         block_size=int(entry.get("block_size", 128 if site.engine == "cpu" else 16)),
         cpu_kvcache_space_gib=kv_space_gib, speculation=request.speculation,
+        prefix_caching=bool(settings["prefix_caching"]),
         gpu_name=gpu.get("name", "") if gpu else "", name=entry["name"])
 
 

@@ -73,20 +73,49 @@ def test_a_release_not_followed_is_said_and_held_back(version):
             followed.available_kv_cache_gib * (1 - UNFOLLOWED_RELEASE_MARGIN), abs=0.002)
 
 
-def test_linear_attention_layers_are_said_and_held_back():
+def test_qwen3_next_blocks_as_vllm_sizes_them():
+    """vLLM 0.32 (platforms/interface.py _align_hybrid_block_size): a gated-DeltaNet layer's state
+    (8192 x 3 conv + 32 x 128 x 128 recurrent, bf16: 1,097,728 bytes) fits one attention page of
+    544 tokens x 2,048 bytes; 12 full + 36 linear layers make 1 + 3 groups of 12 sharing one pool.
+    A request holds cdiv(L, 544) attention blocks and, per linear group, 2 state blocks with prefix
+    caching (the default for hybrids from 0.26), 1 without or before."""
     shape = parse_config(QWEN3_NEXT, "qwen3-next")
-    assert "qwen3-next has layers whose cache the planner does not model (linear_num_key_heads)" in shape.kv_unmodelled
-    plain = parse_config(dict(QWEN3_NEXT, linear_num_key_heads=None), "qwen3-next")
+    assert shape.kv_unmodelled == "" and shape.linear_attention == (8192, 4, 32, 128, 128)
+    # Two H200s: TP 2 halves the state and the KV heads alike, so the block stays 544.
+    run = dict(H100_RUN, gpu_memory_gib=139.8, max_model_len=262144, tensor_parallel_size=2,
+               weights_bytes=162_000_000_000)
+    estimate = estimate_memory(shape, vllm_version="0.32.0", **run)
+    assert (estimate.block_size, estimate.kv_cache_groups) == (544, 4)
+    page = 544 * 2 * 1 * 256 * 2
+    assert abs(estimate.num_blocks - int(estimate.available_kv_cache_gib * 2 ** 30) // (12 * page)) <= 1
+    # At TP 4 the two KV heads cannot split further but the state does: 272-token blocks.
+    assert estimate_memory(shape, vllm_version="0.32.0", **dict(run, tensor_parallel_size=4)).block_size == 272
+    attention_blocks = -(-262144 // 544)
+    assert estimate.max_concurrency == round(estimate.num_blocks / (attention_blocks + 3 * 2), 2)
+    no_prefix = estimate_memory(shape, vllm_version="0.32.0", prefix_caching=False, **run)
+    assert no_prefix.max_concurrency == round(no_prefix.num_blocks / (attention_blocks + 3), 2)
+    older = estimate_memory(shape, vllm_version="0.25.0", **run)
+    assert older.max_concurrency == round(older.num_blocks / (attention_blocks + 3), 2)
+
+
+def test_hybrid_layers_are_said_and_held_back():
+    shape = parse_config(QWEN3_NEXT, "qwen3-next")
+    plain = parse_config(dict(QWEN3_NEXT, full_attention_interval=None, linear_num_key_heads=None,
+                              linear_num_value_heads=None), "qwen3-next")
     run = dict(H100_RUN, tensor_parallel_size=4, weights_bytes=162_000_000_000)
     held = estimate_memory(shape, **run)
     assert held.available_kv_cache_gib == pytest.approx(
         estimate_memory(plain, **run).available_kv_cache_gib * (1 - UNMODELLED_LAYERS_MARGIN), abs=0.002)
-    assert "under-predicted by 25% and those layers are counted as full attention" in held.caveat
+    assert "not yet checked against a start-up log" in held.caveat and "under-predicted by 25%" in held.caveat
+    # Mamba layers are not modelled at all: said, held back, counted as full attention.
+    mamba = parse_config(dict(LLAMA_8B, mamba_d_state=128), "hybrid-mamba")
+    assert "hybrid-mamba has layers whose cache the planner does not model (mamba_d_state)" in mamba.kv_unmodelled
+    assert "counted as full attention" in estimate_memory(mamba, weights_bytes=LLAMA_8B_BYTES, **H100_RUN).caveat
     # The plan carries the caveat among its reasons.
     entry = {"name": "qwen3-next", "profile": "chat", "config": QWEN3_NEXT, "weights_bytes": 162_000_000_000,
              "tensor_parallel_size": 4}
     reasons = plan_site([entry], h100s(4))["models"][0]["reasons"]
-    assert any("does not model" in reason for reason in reasons)
+    assert any("gated-DeltaNet layers are sized" in reason for reason in reasons)
 
 
 def test_gpt_oss_sliding_layers_and_sinks_take_only_their_window():
