@@ -21,6 +21,15 @@ def gpu_total_gib(gpu: dict[str, Any]) -> float:
     return round((int(gpu["memory_total_mib"]) - int(reserved)) / 1024, 2)
 
 
+def default_block_size(shape: ModelShape, engine: str) -> int:
+    """The block vLLM picks when not told: 128 tokens on the CPU build; on CUDA 16, or 64 for MLA,
+    whose backends (FlashMLA on Hopper) take no smaller block (platforms/interface.py
+    update_block_size_for_backend, get_preferred_block_size, 0.18-0.33)."""
+    if engine == "cpu":
+        return 128
+    return 64 if shape.use_mla else 16
+
+
 def valid_tp_sizes(shape: ModelShape, gpu_count: int) -> list[int]:
     """Powers of two up to gpu_count that split the heads (MLA: any) and the vocabulary evenly."""
     sizes = []
@@ -106,7 +115,7 @@ def estimate_candidate(request: ModelRequest, site: Site, gpu: dict[str, Any] | 
         weights_bytes=entry.get("weights_bytes"), quantization=entry.get("quantization", ""),
         kv_cache_dtype=entry.get("kv_cache_dtype", "auto"), dtype=entry.get("dtype", "auto"),
         vllm_version=site.vllm_version,
-        block_size=int(entry.get("block_size", 128 if site.engine == "cpu" else 16)),
+        block_size=int(entry.get("block_size", default_block_size(request.shape, site.engine))),
         cpu_kvcache_space_gib=kv_space_gib, speculation=request.speculation,
         prefix_caching=bool(settings["prefix_caching"]),
         gpu_name=gpu.get("name", "") if gpu else "", name=entry["name"])

@@ -137,3 +137,12 @@ def test_cli_memory_takes_the_release_defaults_and_prints_the_caveat(capsys):
     assert json.loads(capsys.readouterr().out)["requested_gib"] == pytest.approx(79.19 * 0.92, abs=0.001)
     assert cli.main(args + ["--vllm-version", "0.34.0"]) == 0
     assert "caveat                   vLLM 0.34.0 is newer than the releases" in capsys.readouterr().out
+
+
+def test_mla_models_get_the_block_their_backend_takes():
+    from llm_appliance.plan.placement import default_block_size
+    from tests.unit.test_plan import DEEPSEEK_V2_LITE
+
+    assert default_block_size(parse_config(DEEPSEEK_V2_LITE), "cuda") == 64
+    assert default_block_size(parse_config(LLAMA_8B), "cuda") == 16
+    assert default_block_size(parse_config(LLAMA_8B), "cpu") == 128
