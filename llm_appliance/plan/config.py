@@ -45,6 +45,12 @@ class ModelShape:
     # Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5): its state per layer, as
     # (conv_dim, conv_kernel, value_heads, value_head_dim, key_head_dim); empty otherwise.
     linear_attention: tuple[int, ...] = ()
+    # Loaded with the weights on every GPU, not in the checkpoint: the rotary cos/sin caches
+    # (_rope_cache_bytes), and the MXFP4 experts' bytes with the sizes the MoE kernel pads
+    # (expert bytes, hidden, intermediate).
+    rope_cache_bytes: int = 0
+    model_type: str = ""
+    mxfp4_experts: tuple[int, ...] = ()
 
     def checkpoint_bytes(self) -> int:
         """Checkpoint bytes from config.json alone (estimate_weights_bytes), for when the catalog has no
@@ -91,6 +97,27 @@ def _weight_format(quant: dict[str, Any], method: str) -> str:
                 return ("fp8" if weights.get("type") == "float" else "int8") if bits >= 8 else "int4"
         return "16-bit"
     return method if method in ("fp8", "mxfp4") else "16-bit"
+
+
+def _rope_cache_bytes(config: dict[str, Any], text: dict[str, Any], shape: "ModelShape", model_type: str) -> int:
+    """vLLM's rotary cos/sin cache, one per rope, on every GPU and counted in "Model loading took"
+    (model_executor/layers/rotary_embedding/base.py: [positions, rotary_dim] in the model dtype).
+    Positions: max_position_embeddings, times the factor for linear and dynamic scaling
+    (LinearScalingRotaryEmbedding), original x factor for YaRN. Gemma 3 keeps a second, unscaled
+    rope for its sliding layers. 2.5 GiB for Llama 4 Scout's 10M positions; megabytes for most."""
+    if shape.use_mla:
+        rotary = int(_get(config, text, "qk_rope_head_dim", default=0) or 0)
+    else:
+        rotary = int(shape.head_dim * float(_get(config, text, "partial_rotary_factor", "rotary_pct", default=1) or 1))
+    base = int(_get(config, text, "max_position_embeddings", "n_positions", "seq_length", default=2048))
+    rope = _get(config, text, "rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    positions = shape.max_position
+    if kind in ("linear", "dynamic") and rope.get("factor"):
+        positions = int(base * float(rope["factor"]))
+    width = 4 if shape.torch_dtype in ("float32", "float") else 2
+    caches = positions + (base if model_type in ("gemma3", "gemma3_text") else 0)
+    return caches * rotary * width
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "chunked_local_attention",
@@ -205,6 +232,8 @@ def parse_config(config: object, name: str = "model") -> ModelShape:
     shape.layer_kinds = _layer_kinds(config, text, layers, model_type)
     shape.weight_format = _weight_format(quant if isinstance(quant, dict) else {}, quant_method)
     shape.kv_unmodelled = _kv_unmodelled(config, text, name)
+    shape.rope_cache_bytes = _rope_cache_bytes(config, text, shape, model_type)
+    shape.model_type = str(config.get("model_type") or model_type)
     if LINEAR in shape.layer_kinds:
         key_heads = int(_get(config, text, "linear_num_key_heads"))
         key_dim = int(_get(config, text, "linear_key_head_dim"))
@@ -213,6 +242,11 @@ def parse_config(config: object, name: str = "model") -> ModelShape:
         shape.linear_attention = (2 * key_heads * key_dim + value_heads * value_dim,
                                   int(_get(config, text, "linear_conv_kernel_dim", default=4)), value_heads, value_dim,
                                   key_dim)
+    if quant_method == "mxfp4" and shape.experts:
+        # The experts' bytes as _mxfp4 stores them: half a byte a value and a scale per 32.
+        hidden_, inter_ = shape.hidden, shape.expert_intermediate or shape.intermediate
+        expert_bytes = shape.experts * shape.layers * 3 * hidden_ * inter_ * (0.5 + 1 / 32)
+        shape.mxfp4_experts = (int(expert_bytes), hidden_, inter_)
     try:
         shape.weights_bytes_estimate = estimate_weights_bytes(config, name)
         shape.decode_layer_bytes, shape.decode_head_bytes = estimate_decode_read_bytes(config, name)

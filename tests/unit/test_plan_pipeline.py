@@ -64,7 +64,7 @@ def test_pinned_hosts_choose_the_stages():
 @pytest.mark.parametrize("entry, hosts, message", [
     (dict(BIG, quantization=""), ["gpu01", "gpu02"],
      r"model llama-405b: nodes 2 does not fit on the GPU hosts gpu01, gpu02: tensor_parallel_size 4 on gpu01, "
-     r"gpu02: model llama-405b needs 100.85 GiB per GPU .* no memory is left for the KV cache\. Raise nodes "
+     r"gpu02: model llama-405b needs 100.88 GiB per GPU .* no memory is left for the KV cache\. Raise nodes "
      r"\(with as many GPU hosts\), or shrink it \(quantization: fp8"),
     (dict(BIG, nodes=3), ["gpu01", "gpu02"],
      r"model llama-405b: nodes 3 needs 3 GPU hosts, but only 2 exist: gpu01, gpu02. Add GPU hosts or lower nodes"),

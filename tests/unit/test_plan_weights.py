@@ -12,7 +12,7 @@ import pytest
 
 from llm_appliance.plan import PlanError, estimate_memory, parse_config
 from llm_appliance.plan.config import ModelShape, estimate_weights_bytes
-from llm_appliance.plan.memory import GIB
+from llm_appliance.plan.memory import GIB, mxfp4_padding_bytes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "model-configs"
 
@@ -127,7 +127,11 @@ def test_the_audio_tower_is_counted():
 def test_catalog_weights_bytes_still_win():
     shape = parse_config(config("gpt-oss-20b"), "oss")
     given = estimate_memory(shape, gpu_memory_gib=79.19, max_model_len=8192, weights_bytes=20 * GIB)
-    assert given.weights_gib_per_gpu == 20.0
+    # The checkpoint as given, plus what vLLM loads beside it on every GPU: the rotary cache and
+    # the MXFP4 kernel's padding of the experts (hidden 2880 to 3072, intermediate 2880 to 2944).
+    loaded = (shape.rope_cache_bytes + mxfp4_padding_bytes(shape, 1)) / GIB
+    assert 0.5 < loaded < 1.0
+    assert given.weights_gib_per_gpu == round(20.0 + loaded, 3)
 
 
 def test_ct_pack_quantized_w4a16_agrees_with_gptq_on_the_same_model():
@@ -176,7 +180,7 @@ def test_an_unknown_format_is_refused_with_the_fix(quantization, message):
     with pytest.raises(PlanError, match="set weights_bytes in the catalog"):
         estimate_memory(shape, gpu_memory_gib=79.19, max_model_len=4096)   # ... sizing it does not
     sized = estimate_memory(shape, gpu_memory_gib=79.19, max_model_len=4096, weights_bytes=6 * GIB)
-    assert sized.weights_gib_per_gpu == 6.0
+    assert sized.weights_gib_per_gpu == round(6.0 + shape.rope_cache_bytes / GIB, 3)   # 131072 x 128 x 2 bytes
 
 
 @pytest.mark.parametrize("change, message", [
@@ -193,3 +197,14 @@ def test_a_hand_built_shape_falls_back_to_the_parameter_count():
     shape = ModelShape(architecture="LlamaForCausalLM", layers=2, hidden=64, intermediate=128, heads=4, kv_heads=4,
                        head_dim=16, vocab=100, max_position=256, torch_dtype="bfloat16")
     assert shape.checkpoint_bytes() == shape.params_estimate * 2
+
+
+@pytest.mark.parametrize("name, tp, gib", [
+    # vLLM 0.19 on H100 ("Model loading took"), llm-d-planner's sweep logs (bench/calibration/startups):
+    ("gemma-3-27b-it", 1, 51.45),     # + the rotary caches: 1M positions (linear x8) and 128k, x 128 x 2 bytes
+    ("gpt-oss-20b", 2, 7.01),         # + the MXFP4 experts padded by the MoE kernel
+])
+def test_weights_as_vllm_loads_them(name, tp, gib):
+    shape = parse_config(config(name), name)
+    estimate = estimate_memory(shape, gpu_memory_gib=79.19, max_model_len=8192, tensor_parallel_size=tp)
+    assert estimate.weights_gib_per_gpu == pytest.approx(gib, rel=0.01)
