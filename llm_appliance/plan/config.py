@@ -52,6 +52,14 @@ class ModelShape:
     model_type: str = ""
     mxfp4_experts: tuple[int, ...] = ()
 
+    def kv_bytes_per_token_per_layer(self, tensor_parallel_size: int, dtype_bytes: int) -> int:
+        """One token's KV cache in one attention layer on one GPU: K and V of its heads there
+        (max(1, heads // TP): replicated when TP exceeds them), or for MLA one latent of
+        kv_lora_rank + rope dims, replicated on every rank."""
+        if self.use_mla:
+            return self.mla_head_size * dtype_bytes
+        return 2 * max(1, self.kv_heads // tensor_parallel_size) * self.head_dim * dtype_bytes
+
     def checkpoint_bytes(self) -> int:
         """Checkpoint bytes from config.json alone (estimate_weights_bytes), for when the catalog has no
         weights_bytes and there is no safetensors index; PlanError when the format is not understood."""

@@ -226,12 +226,7 @@ def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_si
         dtype_bytes = 4
     else:
         dtype_bytes = 2
-    if shape.use_mla:
-        # The latent cache: one "head" of kv_lora_rank + rope dims, no K/V pair, replicated on every rank.
-        page = block_size * shape.mla_head_size * dtype_bytes
-    else:
-        kv_heads_per_gpu = max(1, shape.kv_heads // tensor_parallel_size)
-        page = 2 * block_size * kv_heads_per_gpu * shape.head_dim * dtype_bytes
+    page = block_size * shape.kv_bytes_per_token_per_layer(tensor_parallel_size, dtype_bytes)
     layers_per_stage = cdiv(shape.layers, pipeline_parallel_size)
     kinds = shape.layer_kinds[:layers_per_stage] if shape.layer_kinds else [FULL] * layers_per_stage
     if chunked_as_full:
@@ -273,7 +268,7 @@ def hybrid_block_size(shape: ModelShape, tensor_parallel_size: int, kv_dtype_byt
     state_bytes = 2 if shape.torch_dtype not in ("float32", "float") else 4
     state = ((conv_dim // tensor_parallel_size) * (kernel - 1 + speculative_tokens)
              + (value_heads // tensor_parallel_size) * value_dim * key_dim) * state_bytes
-    per_token = 2 * max(1, shape.kv_heads // tensor_parallel_size) * shape.head_dim * kv_dtype_bytes
+    per_token = shape.kv_bytes_per_token_per_layer(tensor_parallel_size, kv_dtype_bytes)
     aligned = KERNEL_BLOCK_ALIGNMENT * cdiv(state, KERNEL_BLOCK_ALIGNMENT * per_token)
     return max(block_size, aligned)
 
@@ -347,13 +342,13 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
         graphs = CUDA_GRAPH_ESTIMATE_GIB if version >= CUDA_GRAPHS_DEDUCTED_FROM and not enforce_eager else 0.0
         requested = gpu_memory_gib * gpu_memory_utilization
         available = requested - weights - draft_gib - activation - non_torch - graphs
-    caveats = [text for text in (release_caveat(version), layers_caveat(shape)) if text]
+    held_back = [(margin, text) for margin, text in ((UNFOLLOWED_RELEASE_MARGIN, release_caveat(version)),
+                                                     (UNMODELLED_LAYERS_MARGIN, layers_caveat(shape))) if text]
+    caveats = [text for _, text in held_back]
     if cpu_kvcache_space_gib is None and available > 0:
-        # Held back, not spent: the margins of what the planner does not follow (release_caveat).
-        for margin, applies in ((UNFOLLOWED_RELEASE_MARGIN, bool(release_caveat(version))),
-                                (UNMODELLED_LAYERS_MARGIN, bool(layers_caveat(shape)))):
-            if applies:
-                available *= 1 - margin
+        # Held back, not spent: the margins of what the planner does not follow.
+        for margin, _ in held_back:
+            available *= 1 - margin
 
     block_bytes = page * group_size + (draft.kv_bytes_per_token * block_size if draft else 0)
     num_blocks = max(0, int(available * GIB) // block_bytes) if available > 0 else 0

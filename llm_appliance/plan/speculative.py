@@ -144,10 +144,7 @@ def draft_load(speculation: Speculation | None, target: ModelShape, tensor_paral
                         % (name, target.architecture))
     shape = speculation.draft_shape
     weights = speculation.draft_weights_bytes or shape.checkpoint_bytes()
-    if shape.use_mla:
-        per_layer = shape.mla_head_size * kv_dtype_bytes
-    else:
-        per_layer = 2 * max(1, shape.kv_heads // tensor_parallel_size) * shape.head_dim * kv_dtype_bytes
+    per_layer = shape.kv_bytes_per_token_per_layer(tensor_parallel_size, kv_dtype_bytes)
     return DraftLoad(weights_bytes=weights / tensor_parallel_size, kv_bytes_per_token=per_layer * shape.layers,
                      unmeasured_gib=DRAFT_UNMEASURED_GIB)
 

@@ -124,10 +124,7 @@ def kv_read_bytes_per_token(shape: ModelShape, context_tokens: int, tensor_paral
                             kv_dtype_bytes: int) -> float:
     """KV-cache bytes one decoded token reads on one GPU at a context: every layer's K and V of
     each earlier token, a sliding or chunked layer only its window."""
-    if shape.use_mla:
-        per_layer = shape.mla_head_size * kv_dtype_bytes
-    else:
-        per_layer = 2 * max(1, shape.kv_heads // tensor_parallel_size) * shape.head_dim * kv_dtype_bytes
+    per_layer = shape.kv_bytes_per_token_per_layer(tensor_parallel_size, kv_dtype_bytes)
     kinds = shape.layer_kinds or [FULL] * shape.layers
     total = 0
     for kind in kinds:
