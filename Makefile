@@ -3,6 +3,7 @@
 #   make test   every test: lint, unit, molecule
 #   make bench  figures: planner memory and decode accuracy, report speed, converge times and profile, gateway latency
 #   make artefacts-cuda  the CUDA engine's wheelhouse (vLLM 0.32 with its CUDA torch, 3.7 GB) for GPU hosts
+#   make bundle SITE=<site> [BUNDLE_ARGS=...]  the site's offline bundle in build/bundle/<site> (docs/offline.md)
 
 SHELL := /bin/bash
 VENV := .venv
@@ -18,7 +19,7 @@ LITELLM_VERSION := 1.100.5
 OPEN_WEBUI_VERSION := 0.12.4
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
-.PHONY: help venv lock deps docker image artefacts artefacts-cuda lint unit molecule-inputs molecule test demo demo-destroy bench clean
+.PHONY: help venv lock deps docker image artefacts artefacts-cuda bundle cluster-bundle lint unit molecule-inputs molecule test demo demo-destroy bench clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -83,6 +84,19 @@ artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(WHEELHOUSES)
 
 artefacts-cuda: $(CUDA_WHEELHOUSE)
 
+# A site's offline bundle: the roles' Debian packages as a signed apt repository, the wheelhouses
+# made above and the models in build/models. BUNDLE_ARGS adds to it, e.g. the CUDA wheelhouse and
+# NVIDIA's driver packages: --wheelhouse build/wheelhouse/vllm-cuda-0.32.0 --nvidia-debs DIR --kernel 6.1.0-28-amd64
+SITE ?= demo
+BUNDLE_ARGS ?=
+bundle: venv image artefacts
+	$(BIN)/appliance-bundle --site $(SITE) --out $(APPLIANCE_BUILD_DIR)/bundle/$(SITE) --image $(MOLECULE_IMAGE) \
+	  $(foreach w,$(WHEELHOUSES),--wheelhouse $(patsubst %/,%,$(dir $(w)))) --models $(APPLIANCE_BUILD_DIR)/models $(BUNDLE_ARGS)
+
+# What the cluster scenario's hosts, which have no route out, install from.
+cluster-bundle:
+	$(MAKE) bundle SITE=cluster
+
 lint: venv
 	yamllint --strict .
 	ansible-lint --offline
@@ -94,6 +108,7 @@ unit: venv
 
 # What the scenarios converge from: the test image, the models and every wheelhouse.
 molecule-inputs: venv image artefacts artefacts-cuda
+	$(MAKE) cluster-bundle
 
 molecule: molecule-inputs
 	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenario default
