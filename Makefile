@@ -3,7 +3,7 @@
 #   make test   every test: lint, unit, molecule
 #   make bench  figures: planner memory and decode accuracy, report speed, converge times and profile, gateway latency
 #   make artefacts-cuda  the CUDA engine's wheelhouse (vLLM 0.32 with its CUDA torch, 3.7 GB) for GPU hosts
-#   make bundle SITE=<site> [BUNDLE_ARGS=...]  the site's offline bundle in build/bundle/<site> (docs/offline.md)
+#   make bundle SITE=<site> [BUNDLE_ARGS=...]  the site's offline bundle in build/bundle/<site> (README: Closed network)
 
 SHELL := /bin/bash
 VENV := .venv

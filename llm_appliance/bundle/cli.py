@@ -163,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as error:
         print("appliance-bundle: %s" % error, file=sys.stderr)
         return 2
+    parts: dict[str, dict[str, int]] = manifest["parts"]  # type: ignore[assignment]
     print("bundle %s for %s: %s in %d files, built in %.0f s"
-          % (args.out, manifest["site"], _size(int(str(manifest["total_bytes"]))), len(manifest["files"]),  # type: ignore[arg-type]
-             manifest["build_seconds"]))
-    for name, part in manifest["parts"].items():  # type: ignore[attr-defined]
+          % (args.out, args.site, _size(sum(p["bytes"] for p in parts.values())),
+             sum(p["files"] for p in parts.values()), float(str(manifest["build_seconds"]))))
+    for name, part in parts.items():
         print("  %-40s %6d files %12s" % (name, part["files"], _size(part["bytes"])))
     print("signing key fingerprint: %s\n  set appliance_bundle_key_fingerprint to it in the site's inventory"
           % manifest["key_fingerprint"])

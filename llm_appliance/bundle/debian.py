@@ -55,7 +55,8 @@ else
   read -r -a packages </bundle/work/packages
   local_debs=()
   if [ -d /bundle/nvidia ]; then
-    while IFS= read -r -d '' f; do local_debs+=("$f"); done < <(find /bundle/nvidia -maxdepth 1 -name '*.deb' -print0 | sort -z)
+    while IFS= read -r -d '' f; do local_debs+=("$f"); done \
+      < <(find /bundle/nvidia -maxdepth 1 -name '*.deb' -print0 | sort -z)
   fi
   # What a bare host would fetch: recommends included, as the roles install.
   apt-get install -y -qq --download-only --print-uris "${packages[@]}" "${local_debs[@]}" \
@@ -186,8 +187,5 @@ def package(path: Path, control: str, origin: str) -> DebianPackage:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

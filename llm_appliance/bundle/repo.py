@@ -63,10 +63,8 @@ def packages_index(packages: list[DebianPackage], pool_names: dict[Path, str],
     stanzas = []
     for p in packages:
         data_size = p.path.stat().st_size
-        md5 = hashlib.md5(usedforsecurity=False)
         with p.path.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                md5.update(block)
+            md5 = hashlib.file_digest(f, "md5")
         stanzas.append(p.control.rstrip("\n") + "\nFilename: pool/%s\nSize: %d\nMD5sum: %s\nSHA256: %s\n"
                        % (pool_names[p.path], data_size, md5.hexdigest(), digests[p.path]))
     return "\n".join(stanzas).encode()

@@ -1,0 +1,130 @@
+"""A closed network, for real: the scenario's hosts have no route out (an internal Docker network),
+converged from the site's offline bundle alone, and nothing in the running appliance tries to
+reach the internet. The other tests of this scenario (completions over both replicas, failover,
+usage rows) run on the same hosts, so they also show the appliance working with egress blocked.
+"""
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import testinfra
+
+HOSTS = ["cluster-front", "cluster-gpu1", "cluster-gpu2"]
+PROJECT = pathlib.Path(__file__).resolve().parents[3]
+BUILD = pathlib.Path(os.environ.get("APPLIANCE_BUILD_DIR", PROJECT / "build"))
+BUNDLE = BUILD / "bundle" / "cluster"
+BUNDLE_SOURCE = "file:/var/lib/llm-appliance/bundle/debian ./"
+
+testinfra_hosts = ["cluster-front"]
+
+
+def on(name):
+    return testinfra.get_host("docker://" + name)
+
+
+def process_environment(host, unit):
+    pid = host.check_output("systemctl show --property MainPID --value %s", unit)
+    assert pid not in ("", "0"), "%s is not running" % unit
+    entries = host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid).splitlines()
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_no_host_has_a_route_out(name):
+    host = on(name)
+    assert "default" not in host.check_output("ip route show"), "the scenario's network must be internal"
+    # deb.debian.org's address (Fastly) and a public resolver, by address: no name service needed.
+    for address in ("151.101.2.132", "1.1.1.1"):
+        attempt = host.run("curl -sS --max-time 5 -o /dev/null http://%s/", address)
+        assert attempt.rc != 0, "%s reached %s" % (name, address)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_apt_reads_the_bundle_alone_and_every_package_came_from_it(name):
+    host = on(name)
+    update = host.run("apt-get update")
+    assert update.rc == 0 and "W:" not in update.stderr and "E:" not in update.stderr, update.stderr
+    policy = host.check_output("apt-cache policy")
+    assert BUNDLE_SOURCE in policy
+    assert "http" not in policy, "apt reads another source than the bundle:\n" + policy
+    # Installed by the roles: the installed version is the bundle's.
+    for package in ("nftables", "rsync", "python3-venv"):
+        assert BUNDLE_SOURCE in host.check_output("apt-cache policy %s", package)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_apt_trusts_the_bundle_by_the_pinned_key_only(name):
+    host = on(name)
+    manifest = json.loads((BUNDLE / "manifest.json").read_text())
+    shown = host.check_output("gpg --batch --with-colons --show-keys /etc/apt/keyrings/llm-appliance-bundle.asc")
+    fingerprints = [line.split(":")[9] for line in shown.splitlines() if line.startswith("fpr:")]
+    assert fingerprints[0] == manifest["key_fingerprint"]
+    assert "signed-by=/etc/apt/keyrings/llm-appliance-bundle.asc" in host.file(
+        "/etc/llm-appliance/apt/sources.list").content_string
+
+
+@pytest.mark.parametrize("name", ["cluster-gpu1", "cluster-gpu2"])
+def test_the_engines_run_with_usage_stats_and_downloads_switched_off(name):
+    environment = process_environment(on(name), "vllm-tiny-code.service")
+    for switch, value in {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+                          "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+        assert environment.get(switch) == value, switch
+
+
+def test_the_gateway_runs_with_the_local_cost_map_and_no_telemetry(host):
+    environment = process_environment(host, "litellm@1.service")
+    assert environment.get("LITELLM_LOCAL_MODEL_COST_MAP") == "True"
+    assert environment.get("LITELLM_TELEMETRY") == "False"
+    assert environment.get("DO_NOT_TRACK") == "1"
+    assert "telemetry: false" in host.file("/etc/llm-appliance/litellm/config.yaml").content_string
+
+
+def test_the_chat_runs_offline_without_version_checks(host):
+    environment = process_environment(host, "open-webui.service")
+    for switch, value in {"OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1", "ENABLE_VERSION_UPDATE_CHECK": "False",
+                          "ANONYMIZED_TELEMETRY": "False", "SCARF_NO_ANALYTICS": "true"}.items():
+        assert environment.get(switch) == value, switch
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_pip_in_every_venv_uses_its_wheelhouse_only(name):
+    host = on(name)
+    venvs = host.check_output("find /opt/llm-appliance/venvs -mindepth 1 -maxdepth 1 -type d ! -name '*.wheelhouse'")
+    assert venvs, "no venv found on %s" % name
+    for venv in venvs.splitlines():
+        conf = host.file(venv + "/pip.conf").content_string
+        assert "no-index = true" in conf and "disable-pip-version-check = true" in conf, venv
+        # pip itself, run as an operator would, reads it.
+        assert "global.no-index" in host.check_output("%s/bin/pip config list", venv)
+
+
+def test_the_bundle_rebuilds_to_the_same_manifest(tmp_path):
+    """Re-made from the same pins (its package lock, the same wheelhouses, models and key)."""
+    manifest = json.loads((BUNDLE / "manifest.json").read_text())
+    wheelhouses = [part.split("/", 1)[1] for part in manifest["parts"] if part.startswith("wheelhouse/")]
+    out = tmp_path / "bundle" / "cluster"
+    command = [str(PROJECT / ".venv" / "bin" / "appliance-bundle"), "--site", "cluster", "--out", str(out),
+               "--key-dir", str(BUILD / "bundle-keys" / "cluster"), "--cache", str(BUILD / "bundle-cache"),
+               "--debian-lock", str(BUNDLE / "debian-packages.lock"), "--models", str(BUILD / "models")]
+    if os.environ.get("MOLECULE_IMAGE"):
+        command += ["--image", os.environ["MOLECULE_IMAGE"]]
+    for name in wheelhouses:
+        command += ["--wheelhouse", str(BUILD / "wheelhouse" / name)]
+    # The same build time too: the commit the bundle was made from.
+    environment = dict(os.environ, SOURCE_DATE_EPOCH=str(manifest["built_from_time"]))
+    built = subprocess.run(command, capture_output=True, text=True, check=False, cwd=PROJECT, env=environment)
+    assert built.returncode == 0, built.stderr
+    print(built.stdout)
+    assert (out / "manifest.json").read_bytes() == (BUNDLE / "manifest.json").read_bytes()
+
+
+def test_the_readmes_check_of_a_carried_bundle_passes():
+    """README: `sha256sum -c SHA256SUMS` in the bundle directory, after carrying it in."""
+    checked = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=BUNDLE, capture_output=True,
+                             text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = (BUNDLE / "SHA256SUMS").read_text().splitlines()
+    assert any(line.endswith("  debian.tar") for line in listed)
+    assert len(listed) == len(json.loads((BUNDLE / "manifest.json").read_text())["files"])
