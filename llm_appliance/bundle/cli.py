@@ -41,6 +41,15 @@ def _timestamp(project: Path) -> int:
     return int(result.stdout.strip())
 
 
+def _role_driver_branch() -> str:
+    """roles/nvidia_driver's default branch, read from its defaults (one line, no YAML parser needed)."""
+    defaults = Path(__file__).resolve().parents[2] / "roles" / "nvidia_driver" / "defaults" / "main.yml"
+    for line in defaults.read_text().splitlines() if defaults.exists() else []:
+        if line.startswith("nvidia_driver_branch:"):
+            return line.split(":", 1)[1].strip().strip("\"'")
+    return ""
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -100,6 +109,8 @@ def build(args: argparse.Namespace) -> dict[str, object]:
     if args.nvidia_debs and not args.kernel:
         raise BundleError("--nvidia-debs needs --kernel: the GPU hosts' kernel release (uname -r, e.g. "
                           "6.1.0-28-amd64), whose headers DKMS builds the driver against")
+    if args.nvidia_debs and not args.nvidia_branch:
+        raise BundleError("--nvidia-debs needs --nvidia-branch: the site's nvidia_driver_branch (e.g. 580)")
     lock = None
     if args.debian_lock:
         lock = [line.strip() for line in args.debian_lock.read_text().splitlines() if line.strip()]
@@ -148,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a wheelhouse made by `make artefacts` (repeat for each component)")
     parser.add_argument("--models", type=Path, help="a directory of model directories to carry (optional)")
     parser.add_argument("--nvidia-debs", type=Path, help="NVIDIA's driver packages for the pinned branch")
-    parser.add_argument("--nvidia-branch", default="580", help="the pinned driver branch (nvidia_driver_branch)")
+    parser.add_argument("--nvidia-branch", default=_role_driver_branch(),
+                        help="the pinned driver branch, when the site sets nvidia_driver_branch "
+                             "(default: the driver role's, %(default)s)")
     parser.add_argument("--kernel", help="the GPU hosts' kernel release, for its headers (with --nvidia-debs)")
     parser.add_argument("--debian-lock", type=Path, help="debian-packages.lock of an earlier bundle: same versions")
     parser.add_argument("--key-dir", type=Path, help="GnuPG home of the site's signing key "
