@@ -7,6 +7,7 @@ leaves a stamp, so that an unchanged copy is not hashed again on the next run.
 import hashlib
 import json
 import os
+import tempfile
 
 from llm_appliance.model_dir import inspect_model_dir
 
@@ -33,13 +34,14 @@ def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=F
     Untrusted pickle files are not in it (the copy leaves them out). known_sha256: digests the
     caller has just checked ({path: sha256}), so those files are not read again."""
     info = inspect_model_dir(model_path, model_name, trust_pickle)
-    cache, cache_file = {}, None
+    cache, cache_file, cached_before = {}, None, {}
     if cache_dir:
         key = hashlib.sha256(info["path"].encode()).hexdigest()[:32]
         cache_file = os.path.join(cache_dir, key + ".json")
         try:
             with open(cache_file, encoding="utf-8") as handle:
                 cache = json.load(handle)
+            cached_before = dict(cache)
         except (OSError, ValueError):
             cache = {}
     files = []
@@ -55,12 +57,14 @@ def make_manifest(model_path, model_name="model", cache_dir=None, trust_pickle=F
             digest = sha256_file(full)
         cache[entry["path"]] = {"fingerprint": fingerprint, "sha256": digest}
         files.append({"path": entry["path"], "size": entry["size"], "sha256": digest})
-    if cache_file:
+    if cache_file and cache != cached_before:
+        # Hosts of one play (forks) may write the same model's cache at once: each writes a file of
+        # its own and renames it over the cache, the last one whole.
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = cache_file + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=cache_dir, suffix=".tmp",
+                                         delete=False) as handle:
             json.dump(cache, handle)
-        os.replace(tmp, cache_file)
+        os.replace(handle.name, cache_file)
     manifest = {
         "model": model_name,
         "files": files,
