@@ -22,7 +22,7 @@ from typing import Any
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.decide import plan_cluster, plan_site
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import MemoryEstimate, estimate_memory, parse_version, vllm_defaults
+from llm_appliance.plan.memory import MemoryEstimate, estimate_memory, kv_dtype_bytes, parse_version, vllm_defaults
 from llm_appliance.plan.speed import GPU_BANDWIDTH_GBPS, gpu_bandwidth_gbps, gpu_peak_tflops, predict_decode
 
 # The appliance's reference GPU (79.19 GiB as CUDA reports it), for the decode prediction.
@@ -101,7 +101,7 @@ def _decode_prediction(args: argparse.Namespace, shape: ModelShape, weights_byte
     prediction = predict_decode(
         shape, weights_bytes=weights_bytes, tensor_parallel_size=args.tensor_parallel_size,
         bandwidth_gbps=gpu_bandwidth_gbps(gpu), quantization=args.quantization or "", interconnect=args.interconnect,
-        context_tokens=args.context_tokens, kv_dtype_bytes=1 if args.kv_cache_dtype.startswith("fp8") else 2,
+        context_tokens=args.context_tokens, kv_dtype_bytes=kv_dtype_bytes(shape, args.kv_cache_dtype, args.dtype),
         peak_tflops=gpu_peak_tflops(gpu), target=args.target_tokens_per_s, most_streams=most)
     return dict(prediction.as_dict(), memory_bandwidth_source=source,
                 pipeline_parallel_size=args.pipeline_parallel_size)

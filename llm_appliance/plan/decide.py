@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from llm_appliance.plan.config import ModelShape, parse_config
 from llm_appliance.plan.errors import PlanError
-from llm_appliance.plan.memory import parse_version
+from llm_appliance.plan.memory import kv_dtype_bytes, parse_version
 from llm_appliance.plan.placement import ModelRequest, Placement, Site, place, place_across_hosts
 from llm_appliance.plan.speculative import DRAFT_PROFILE, read_speculation, speculative_argument
 from llm_appliance.plan.speed import DecodePrediction, gpu_bandwidth_gbps, gpu_peak_tflops, predict_decode, speed_reason
@@ -182,7 +182,8 @@ def _predict_speed(request: ModelRequest, placement: Placement, site: Site,
         request.shape, weights_bytes=entry.get("weights_bytes"), tensor_parallel_size=placement.tensor_parallel_size,
         bandwidth_gbps=gpu_bandwidth_gbps(gpu), quantization=entry.get("quantization", ""),
         interconnect=_interconnect(placement.gpus, site),
-        context_tokens=typical // 2, kv_dtype_bytes=1 if str(entry.get("kv_cache_dtype", "")).startswith("fp8") else 2,
+        context_tokens=typical // 2,
+        kv_dtype_bytes=kv_dtype_bytes(request.shape, entry.get("kv_cache_dtype"), entry.get("dtype", "auto")),
         peak_tflops=gpu_peak_tflops(gpu), target=target, most_streams=most)
     return prediction, speed_reason(prediction, request.shape, entry, len(site.by_index), target)
 

@@ -216,16 +216,20 @@ def non_torch_gib(tensor_parallel_size: int, pipeline_parallel_size: int, versio
     return NON_TORCH_TP1_GIB if version >= (0, 18, 0) else NON_TORCH_TP1_BEFORE_0_18_GIB
 
 
+def kv_dtype_bytes(shape: ModelShape, kv_cache_dtype: str | None, dtype: str = "auto") -> int:
+    """Bytes per KV element: fp8 caches 1; otherwise the model's dtype (float32 4, 16-bit 2)."""
+    if kv_cache_dtype and kv_cache_dtype.startswith("fp8"):
+        return 1
+    if dtype in ("float32", "float") or (dtype == "auto" and shape.torch_dtype in ("float32", "float")):
+        return 4
+    return 2
+
+
 def kv_layout(shape: ModelShape, tensor_parallel_size: int, pipeline_parallel_size: int, kv_cache_dtype: str | None,
               dtype: str, block_size: int, chunked_as_full: bool = False) -> tuple[int, int, dict[str, int], int]:
     """Page size per layer-block and the grouping of layer kinds, as vLLM's KV-cache manager builds them
     (chunked_as_full: the releases that turn the hybrid manager off for chunked local attention)."""
-    if kv_cache_dtype and kv_cache_dtype.startswith("fp8"):
-        dtype_bytes = 1
-    elif dtype in ("float32", "float") or (dtype == "auto" and shape.torch_dtype in ("float32", "float")):
-        dtype_bytes = 4
-    else:
-        dtype_bytes = 2
+    dtype_bytes = kv_dtype_bytes(shape, kv_cache_dtype, dtype)
     page = block_size * shape.kv_bytes_per_token_per_layer(tensor_parallel_size, dtype_bytes)
     layers_per_stage = cdiv(shape.layers, pipeline_parallel_size)
     kinds = shape.layer_kinds[:layers_per_stage] if shape.layer_kinds else [FULL] * layers_per_stage
@@ -321,12 +325,12 @@ def estimate_memory(shape: ModelShape, *, gpu_memory_gib: float, tensor_parallel
     chunked_as_full = CHUNKED_AS_FULL[0] <= version < CHUNKED_AS_FULL[1]
     speculative_tokens = speculation.num_speculative_tokens if speculation else 0
     if shape.linear_attention:
-        kv_bytes = 1 if kv_cache_dtype and kv_cache_dtype.startswith("fp8") else 2
-        block_size = hybrid_block_size(shape, tensor_parallel_size, kv_bytes, block_size, speculative_tokens)
+        block_size = hybrid_block_size(shape, tensor_parallel_size, kv_dtype_bytes(shape, kv_cache_dtype, dtype),
+                                       block_size, speculative_tokens)
     state_blocks = (2 if prefix_caching and version >= HYBRID_PREFIX_CACHING_FROM else 1) + speculative_tokens
-    page, group_size, groups, kv_dtype_bytes = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
+    page, group_size, groups, kv_element_bytes = kv_layout(shape, tensor_parallel_size, pipeline_parallel_size,
                                                          kv_cache_dtype, dtype, block_size, chunked_as_full)
-    draft = draft_load(speculation, shape, tensor_parallel_size, kv_dtype_bytes, name)
+    draft = draft_load(speculation, shape, tensor_parallel_size, kv_element_bytes, name)
     draft_gib = (draft.weights_bytes / GIB + draft.unmeasured_gib) if draft else 0.0
     if cpu_kvcache_space_gib is not None:
         weights = weights_bytes_per_gpu(shape, weights_bytes, tensor_parallel_size, pipeline_parallel_size,
