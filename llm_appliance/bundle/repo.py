@@ -109,6 +109,15 @@ def write_tar(target: Path, members: list[tuple[str, bytes | Path]], timestamp: 
 def build_repository(target: Path, site: str, packages: list[DebianPackage], key_home: Path,
                      timestamp: int) -> dict[str, object]:
     """Writes target (debian.tar) and returns what the manifest says of it."""
+    try:
+        return _build_repository(target, site, packages, key_home, timestamp)
+    finally:
+        # gpg starts an agent for the key's home; it is not needed once the repository is signed.
+        subprocess.run(["gpgconf", "--homedir", str(key_home), "--kill", "gpg-agent"], capture_output=True, check=False)
+
+
+def _build_repository(target: Path, site: str, packages: list[DebianPackage], key_home: Path,
+                      timestamp: int) -> dict[str, object]:
     fingerprint, key_created = signing_key(key_home, site)
     # Signatures may not predate their key: gpgv refuses them.
     signed_at = max(timestamp, key_created)
