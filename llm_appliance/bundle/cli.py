@@ -127,7 +127,7 @@ def build(args: argparse.Namespace) -> dict[str, object]:
     work = args.cache / "work"
     packages = debian.fetch(args.image, args.cache / "debian", work,
                             debian.packages_to_install(args.kernel if args.nvidia_debs else None),
-                            lock, args.nvidia_debs)
+                            lock, args.nvidia_debs, args.debian_mirror, args.security_mirror)
     (staging / "debian-packages.lock").write_text(
         "".join("%s=%s\n" % (p.name, p.version) for p in packages))
     repository = repo.build_repository(staging / "debian.tar", args.site, packages + nvidia_packages,
@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the pinned driver branch, when the site sets nvidia_driver_branch "
                              "(default: the driver role's, %(default)s)")
     parser.add_argument("--kernel", help="the GPU hosts' kernel release, for its headers (with --nvidia-debs)")
+    parser.add_argument("--debian-mirror", default="",
+                        help="Debian mirror for bookworm and bookworm-updates (default: the image's, "
+                             "APPLIANCE_DEBIAN_MIRROR when it was built)")
+    parser.add_argument("--security-mirror", default="",
+                        help="mirror of bookworm-security (default: debian-security beside --debian-mirror)")
     parser.add_argument("--debian-lock", type=Path, help="debian-packages.lock of an earlier bundle: same versions")
     parser.add_argument("--key-dir", type=Path, help="GnuPG home of the site's signing key "
                         "(default: bundle-keys/<site> beside --out's parent); keep it to sign later bundles")

@@ -42,6 +42,15 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 cache=/bundle/cache
 mkdir -p "$cache/partial"
+# The release with its point updates and security fixes: what a maintained host runs. The mirror
+# is the image's own unless one is given.
+mirror=${BUNDLE_MIRROR:-$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)}
+security=${BUNDLE_SECURITY_MIRROR:-${mirror%/debian}/debian-security}
+cat >/etc/apt/sources.list <<SOURCES
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb $security bookworm-security main
+SOURCES
 apt-get update -qq
 # apt-get download leaves out of --print-uris what the current directory already holds.
 cd "$cache"
@@ -60,7 +69,7 @@ else
   fi
   # What a bare host would fetch: recommends included, as the roles install.
   apt-get install -y -qq --download-only --print-uris "${packages[@]}" "${local_debs[@]}" \
-    | awk '/^\x27/ {print $2}' >>"$wanted"
+    | awk '/^\x27(https?|ftp):/ {print $2}' >>"$wanted"  # the operator's local files are added apart
   apt-get install -y -qq --download-only -o Dir::Cache::archives="$cache" "${packages[@]}" "${local_debs[@]}" >/dev/null
   # The Depends closure, installed packages included; virtual names (<...>) have no file.
   apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
@@ -149,7 +158,7 @@ def read_controls(image: str, directory: Path) -> dict[str, str]:
 
 
 def fetch(image: str, cache: Path, work: Path, packages: list[str], lock: list[str] | None,
-          nvidia_dir: Path | None) -> list[DebianPackage]:
+          nvidia_dir: Path | None, mirror: str = "", security_mirror: str = "") -> list[DebianPackage]:
     """Resolve and download in the container; returns the Debian packages of this bundle, by name.
 
     NVIDIA's packages (nvidia_dir) take part in the resolving but are not returned: they are the
@@ -165,7 +174,8 @@ def fetch(image: str, cache: Path, work: Path, packages: list[str], lock: list[s
     mounts = ["-v", "%s:/bundle/cache" % cache.resolve(), "-v", "%s:/bundle/work" % work.resolve()]
     if nvidia_dir is not None:
         mounts += ["-v", "%s:/bundle/nvidia:ro" % nvidia_dir.resolve()]
-    command = ["docker", "run", "--rm", "-e", "BUNDLE_OWNER=%d:%d" % (os.getuid(), os.getgid()), *mounts,
+    command = ["docker", "run", "--rm", "-e", "BUNDLE_OWNER=%d:%d" % (os.getuid(), os.getgid()),
+               "-e", "BUNDLE_MIRROR=" + mirror, "-e", "BUNDLE_SECURITY_MIRROR=" + security_mirror, *mounts,
                image, "bash", "-c", _CONTAINER_SCRIPT]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -135,3 +135,73 @@ def test_the_readmes_check_of_a_carried_bundle_passes():
     listed = (BUNDLE / "SHA256SUMS").read_text().splitlines()
     assert any(line.endswith("  debian.tar") for line in listed)
     assert len(listed) == len(json.loads((BUNDLE / "manifest.json").read_text())["files"])
+
+
+def _stand_in_deb(directory, name, version, depends=""):
+    """A small package with NVIDIA's name and version (the real ones cannot be fetched here)."""
+    root = directory / "src" / name
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr" / "share" / "doc" / name).mkdir(parents=True)
+    (root / "usr" / "share" / "doc" / name / "README").write_text("stand-in\n")
+    (root / "DEBIAN" / "control").write_text(
+        "Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: tests <tests@example.invalid>\n%s"
+        "Description: stand-in for NVIDIA's %s\n" % (name, version, "Depends: %s\n" % depends if depends else "", name))
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root),
+                    str(directory / "debs" / ("%s_%s_amd64.deb" % (name, version)))], check=True, capture_output=True)
+
+
+def _image():
+    return os.environ.get("MOLECULE_IMAGE", "llm-appliance/debian12-systemd:latest")
+
+
+def test_a_gpu_sites_bundle_carries_nvidias_packages_and_installs_them_with_no_network(tmp_path):
+    """--nvidia-debs with packages of the pinned branch: their Debian dependencies, DKMS and the
+    kernel's headers are resolved into the bundle, and a host with no network installs them from it."""
+    (tmp_path / "debs").mkdir()
+    _stand_in_deb(tmp_path, "nvidia-driver-pinning-580", "580.95.05-1")
+    _stand_in_deb(tmp_path, "nvidia-kernel-open-dkms", "580.95.05-1", "dkms")
+    _stand_in_deb(tmp_path, "nvidia-open", "580.95.05-1", "nvidia-kernel-open-dkms (= 580.95.05-1), libvulkan1")
+    # The current Debian 12 kernel, as its headers' meta package names it.
+    kernel = subprocess.run(
+        ["docker", "run", "--rm", _image(), "bash", "-c",
+         "m=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list); "
+         "printf 'deb %s bookworm main\\ndeb %s bookworm-updates main\\ndeb %s-security bookworm-security main\\n' "
+         "$m $m $m >/etc/apt/sources.list; apt-get update -qq; "
+         "apt-cache depends linux-headers-amd64 | awk '/Depends: linux-headers-.*-amd64/ {print $2; exit}'"],
+        capture_output=True, text=True, check=True).stdout.strip().removeprefix("linux-headers-")
+    assert kernel, "no Debian 12 kernel headers found"
+    out = tmp_path / "bundle" / "gpu"
+    command = [str(PROJECT / ".venv" / "bin" / "appliance-bundle"), "--site", "gpu", "--out", str(out),
+               "--image", _image(), "--cache", str(BUILD / "bundle-cache"), "--nvidia-debs", str(tmp_path / "debs"),
+               "--kernel", kernel]
+    built = subprocess.run(command, capture_output=True, text=True, check=False, cwd=PROJECT)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    origins = {p["name"]: p["origin"] for p in manifest["debian_packages"]}
+    assert origins["nvidia-open"] == "nvidia" and origins["nvidia-driver-pinning-580"] == "nvidia"
+    assert origins["libvulkan1"] == origins["dkms"] == origins["linux-headers-" + kernel] == "debian"
+    installed = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-v", "%s:/bundle:ro" % out, _image(), "bash", "-c",
+         "set -e; mkdir /srv/debian; tar -C /srv/debian -xf /bundle/debian.tar; "
+         "echo 'deb [signed-by=/bundle/llm-appliance-bundle.asc] file:/srv/debian ./' >/etc/apt/sources.list; "
+         "apt-get update -qq; export DEBIAN_FRONTEND=noninteractive; "
+         "apt-get install -y -qq nvidia-driver-pinning-580 >/dev/null; "
+         "apt-get install -y -qq --no-install-recommends nvidia-open dkms linux-headers-%s >/dev/null; "
+         "dpkg-query -W -f '${Package} ${Version}\\n' nvidia-open libvulkan1" % kernel],
+        capture_output=True, text=True, check=False)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    assert "nvidia-open 580.95.05-1" in installed.stdout
+
+
+def test_nvidia_packages_of_another_branch_are_refused_before_anything_is_built(tmp_path):
+    (tmp_path / "debs").mkdir()
+    _stand_in_deb(tmp_path, "nvidia-driver-pinning-580", "580.95.05-1")
+    _stand_in_deb(tmp_path, "nvidia-open", "575.57.08-1")
+    out = tmp_path / "bundle" / "gpu"
+    refused = subprocess.run(
+        [str(PROJECT / ".venv" / "bin" / "appliance-bundle"), "--site", "gpu", "--out", str(out), "--image", _image(),
+         "--nvidia-debs", str(tmp_path / "debs"), "--kernel", "6.1.0-0-amd64"],
+        capture_output=True, text=True, check=False, cwd=PROJECT)
+    assert refused.returncode == 2
+    assert "nvidia-open_575.57.08-1_amd64.deb" in refused.stderr and "nvidia_driver_branch" in refused.stderr
+    assert not out.exists() and not out.with_name("gpu.partial").exists()
