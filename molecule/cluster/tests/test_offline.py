@@ -98,7 +98,8 @@ def test_the_chat_runs_offline_without_version_checks(host):
 @pytest.mark.parametrize("name", HOSTS)
 def test_pip_in_every_venv_uses_its_wheelhouse_only(name):
     host = on(name)
-    venvs = host.check_output("find /opt/llm-appliance/venvs -mindepth 1 -maxdepth 1 -type d ! -name '*.wheelhouse'")
+    # A venv is a directory with pyvenv.cfg (beside them: <venv>.wheelhouse, <venv>.appliance).
+    venvs = host.check_output("find /opt/llm-appliance/venvs -mindepth 2 -maxdepth 2 -name pyvenv.cfg -printf '%h\\n'")
     assert venvs, "no venv found on %s" % name
     for venv in venvs.splitlines():
         conf = host.file(venv + "/pip.conf").content_string
