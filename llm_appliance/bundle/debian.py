@@ -196,6 +196,15 @@ def package(path: Path, control: str, origin: str) -> DebianPackage:
                          architecture=control_field(control, "Architecture"), origin=origin)
 
 
-def sha256_of(path: Path) -> str:
+def digests_of(path: Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of one file for each algorithm, read once."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            for h in hashes.values():
+                h.update(block)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+def sha256_of(path: Path) -> str:
+    return digests_of(path, "sha256")["sha256"]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from llm_appliance.bundle import BundleError
-from llm_appliance.bundle.debian import DebianPackage, sha256_of
+from llm_appliance.bundle.debian import DebianPackage, digests_of
 
 KEY_FILE_NAME = "llm-appliance-bundle.asc"
 
@@ -58,15 +58,13 @@ def _hash_lines(files: dict[str, bytes], algorithm: str) -> str:
 
 
 def packages_index(packages: list[DebianPackage], pool_names: dict[Path, str],
-                   digests: dict[Path, str]) -> bytes:
+                   digests: dict[Path, dict[str, str]]) -> bytes:
     """The Packages file: each control record plus where the file is and its size and hashes."""
     stanzas = []
     for p in packages:
-        data_size = p.path.stat().st_size
-        with p.path.open("rb") as f:
-            md5 = hashlib.file_digest(f, "md5")
         stanzas.append(p.control.rstrip("\n") + "\nFilename: pool/%s\nSize: %d\nMD5sum: %s\nSHA256: %s\n"
-                       % (pool_names[p.path], data_size, md5.hexdigest(), digests[p.path]))
+                       % (pool_names[p.path], p.path.stat().st_size, digests[p.path]["md5"],
+                          digests[p.path]["sha256"]))
     return "\n".join(stanzas).encode()
 
 
@@ -121,7 +119,8 @@ def _build_repository(target: Path, site: str, packages: list[DebianPackage], ke
     fingerprint, key_created = signing_key(key_home, site)
     # Signatures may not predate their key: gpgv refuses them.
     signed_at = max(timestamp, key_created)
-    digests = {p.path: sha256_of(p.path) for p in packages}
+    # Each package read once for both hashes the index carries.
+    digests = {p.path: digests_of(p.path, "md5", "sha256") for p in packages}
     pool_names = {p.path: p.path.name for p in packages}
     if len(set(pool_names.values())) != len(pool_names):
         raise BundleError("two packages share a file name in the pool: %s" % sorted(pool_names.values()))
@@ -143,6 +142,6 @@ def _build_repository(target: Path, site: str, packages: list[DebianPackage], ke
         "signed_at": signed_at,
         "packages": [{"name": p.name, "version": p.version, "architecture": p.architecture, "origin": p.origin,
                       "file": "pool/" + pool_names[p.path], "size": p.path.stat().st_size,
-                      "sha256": digests[p.path]} for p in packages],
+                      "sha256": digests[p.path]["sha256"]} for p in packages],
     }
 
