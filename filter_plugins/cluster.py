@@ -61,11 +61,12 @@ def _group(groups, name):
 
 
 def appliance_cluster_admits(me, groups, hostvars, engine_ports=(), gateway_ports=(), redis_port=6379,
-                             database_port=5432, pipeline_hosts=()):
+                             database_port=5432, pipeline_hosts=(), metrics_ports=None):
     """What this host's firewall admits from the site's other hosts, by service: its engines from the
     gateway hosts, its gateway instances from the chat hosts (nginx), Redis (first gateway host) from
     the other gateway hosts, PostgreSQL from the gateway, chat and GPU hosts (usage rows, chat
-    data, GPU samples), and every TCP port from the other hosts of this host's pipeline (a model over
+    data, GPU samples), the metrics of what runs here from the monitoring hosts, and every TCP
+    port from the other hosts of this host's pipeline (a model over
     several hosts: Ray and vLLM's stages talk on ports they pick). A list of {service, ports,
     sources}, ports empty for every port; services with no remote client are left out."""
     gateway_hosts, gpu_hosts = _group(groups, "gateway_hosts"), _group(groups, "gpu_hosts")
@@ -80,12 +81,32 @@ def appliance_cluster_admits(me, groups, hostvars, engine_ports=(), gateway_port
         services.append(("postgresql", [database_port], gateway_hosts + _group(groups, "chat_hosts") + gpu_hosts))
     if me in pipeline_hosts:
         services.append(("pipeline", [], list(pipeline_hosts)))
+    if metrics_ports:
+        services.append(("metrics", _metrics_ports(me, groups, metrics_ports, engine_ports, gateway_ports),
+                         _group(groups, "monitoring_hosts")))
     admits = []
     for service, ports, clients in services:
         sources = appliance_remote_clients(me, clients, hostvars)
         if (ports or service == "pipeline") and sources:
             admits.append({"service": service, "ports": sorted(int(p) for p in ports), "sources": sources})
     return admits
+
+
+def _metrics_ports(me, groups, ports, engine_ports, gateway_ports):
+    """What the monitoring hosts scrape on `me`: node exporter everywhere, the other exporters where
+    their service runs, the engines' and the gateway's own metrics."""
+    wanted = [ports["node"]]
+    if me in _group(groups, "chat_hosts"):
+        wanted.append(ports["nginx"])
+    if me in _group(groups, "db_hosts"):
+        wanted.append(ports["postgresql"])
+    if me in _group(groups, "gateway_hosts"):
+        wanted += list(gateway_ports)
+        if _group(groups, "gateway_hosts")[0] == me:
+            wanted.append(ports["redis"])
+    if me in _group(groups, "gpu_hosts"):
+        wanted += [ports["dcgm"], *engine_ports]
+    return wanted
 
 
 class FilterModule:

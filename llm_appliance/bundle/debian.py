@@ -33,6 +33,9 @@ ROLE_PACKAGES = {
     "litellm": ["redis-server"],
     "postgresql": ["postgresql-15", "postgresql-client-15", "python3-psycopg2"],
     "nvidia_driver": ["ca-certificates"],
+    "monitoring": ["prometheus", "prometheus-alertmanager"],
+    "monitoring_exporters": ["prometheus-node-exporter", "prometheus-nginx-exporter", "prometheus-postgres-exporter",
+                             "prometheus-redis-exporter"],
 }
 # With NVIDIA's packages: what roles/nvidia_driver/vars/Debian-12.yml installs besides them.
 NVIDIA_PREREQUISITES = ["dkms"]

@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from llm_appliance.gateway import metrics
 from llm_appliance.gateway.auth import KeyError401, NotOffered404, gate, hash_key, route_kind, strip_bearer
 from llm_appliance.gateway.errors import client_error
 
@@ -38,6 +40,9 @@ log = logging.getLogger("llm_appliance.door")
 
 # LiteLLM's liveness and readiness answer without a key (the play and the edge wait on them).
 PUBLIC_PATHS = frozenset({"/health/liveliness", "/health/liveness", "/health/readiness"})
+# The gateway's metrics, for Prometheus: no key, as nginx passes only /v1/ to the gateway and the
+# firewall admits the gateway's ports from the site's nginx and monitoring hosts alone.
+METRICS_PATH = "/metrics"
 
 
 # Error answers larger than this are passed on as they are (they are not LiteLLM's short JSON).
@@ -121,6 +126,47 @@ class Door:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             await self.inner(scope, receive, send)
             return
+        if scope.get("path") == METRICS_PATH and scope.get("method") == "GET":
+            body = metrics.REGISTRY.render().encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self._measured(scope, receive, send)
+
+    async def _measured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every answer counted by route, model and status, with its duration and first byte."""
+        started_at = time.monotonic()
+        status = 500
+        first_byte_s: float | None = None
+        head = bytearray()
+
+        async def watching_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(head) < 4096:
+                head.extend(message.get("body", b"")[:4096 - len(head)])
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status, first_byte_s
+            if message["type"] == "http.response.start":
+                status = int(message.get("status", 200))
+            elif message["type"] == "http.response.body" and first_byte_s is None and message.get("body"):
+                first_byte_s = time.monotonic() - started_at
+            await send(message)
+
+        metrics.in_flight(1)
+        try:
+            await self._gated(scope, watching_receive, watching_send)
+        finally:
+            metrics.in_flight(-1)
+            found = _MODEL_IN_BODY.search(bytes(head))
+            metrics.record_request(metrics.route_label(scope.get("path", "/")),
+                                   found.group(1).decode("utf-8", "replace") if found else None,
+                                   status, time.monotonic() - started_at, first_byte_s)
+
+    async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope.get("method", "GET"), scope.get("path", "/")
         api_key = _header(scope, b"authorization")
         try:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the gateway's venv has it; nothing here needs it at run time
     from litellm.proxy._types import UserAPIKeyAuth
 
+from llm_appliance.gateway import metrics
 from llm_appliance.gateway.errors import REQUEST_CLASSES, upstream_sentence
 
 log = logging.getLogger("llm_appliance.usage")
@@ -530,8 +531,11 @@ class UsageLogger(_Base):
         if not is_client_request(kwargs):
             return  # the router's own health checks are no one's usage
         try:
+            row = row_from_callback(kwargs, start_time, end_time, failed, error)
             self.writer.start()
-            self.writer.put(row_from_callback(kwargs, start_time, end_time, failed, error))
+            self.writer.put(row)
+            metrics.record_tokens(row.get("model_alias"), int(row.get("prompt_tokens") or 0),
+                                  int(row.get("completion_tokens") or 0))
         except Exception:  # noqa: BLE001 - logging must never fail a request
             log.exception("usage row dropped into the log")
 
