@@ -22,7 +22,7 @@ LITELLM_VERSION := 1.100.5
 OPEN_WEBUI_VERSION := 0.12.4
 MOLECULE_IMAGE = $(shell tools/build-test-image --name)
 
-.PHONY: help venv lock deps docker image artefacts artefacts-cuda bundle cluster-bundle lint unit molecule-inputs molecule test demo demo-destroy bench clean
+.PHONY: help venv lock deps docker image artefacts artefacts-cuda promtool bundle cluster-bundle lint unit molecule-inputs molecule test demo demo-destroy bench clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -85,6 +85,18 @@ WHEELHOUSES := $(filter-out $(CUDA_WHEELHOUSE),$(WHEELHOUSES))
 
 artefacts: $(APPLIANCE_BUILD_DIR)/models/tiny-llama/config.json $(WHEELHOUSES)
 
+# promtool for the alert rules' tests: Debian's, of the release the monitoring hosts install
+# (apt checks the package against Debian's signed index).
+PROMETHEUS_DEB_VERSION := 2.42.0+ds-5+deb12u1
+PROMTOOL := $(APPLIANCE_BUILD_DIR)/tools/promtool
+$(PROMTOOL):
+	rm -rf $(@D)/prometheus-deb && mkdir -p $(@D)/prometheus-deb
+	cd $(@D)/prometheus-deb && (apt-get download prometheus=$(PROMETHEUS_DEB_VERSION) || \
+	  (apt-get update -qq && apt-get download prometheus=$(PROMETHEUS_DEB_VERSION)))
+	dpkg-deb --fsys-tarfile $(@D)/prometheus-deb/prometheus_*.deb | tar -x -O ./usr/bin/promtool > $@.partial
+	chmod 0755 $@.partial && mv $@.partial $@ && rm -rf $(@D)/prometheus-deb
+promtool: $(PROMTOOL)
+
 artefacts-cuda: $(CUDA_WHEELHOUSE)
 
 # A site's offline bundle: the roles' Debian packages as a signed apt repository, the wheelhouses
@@ -106,7 +118,7 @@ lint: venv
 	ruff check .
 	mypy
 
-unit: venv
+unit: venv promtool
 	pytest
 
 # What the scenarios converge from: the test image, the models and every wheelhouse.

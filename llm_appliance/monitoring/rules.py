@@ -93,8 +93,8 @@ def engine_rules(site_plan: dict[str, Any], s: dict[str, Any]) -> list[dict[str,
                 "Engine %s on %s is down" % (name, host),
                 "Prometheus cannot read the metrics of %s on %s (port %d): the model's requests go to its other "
                 "replicas, or fail with 503 where it has none." % (name, host, model["port"]),
-                "on %s: systemctl status vllm@%s; journalctl -u vllm@%s -n 200 (out of memory, a GPU error, "
-                "weights missing). Start it again with systemctl restart vllm@%s, or re-run "
+                "on %s: systemctl status vllm-%s; journalctl -u vllm-%s -n 200 (out of memory, a GPU error, "
+                "weights missing). Start it again with systemctl restart vllm-%s, or re-run "
                 "ansible-playbook site.yml --tags serving --limit %s." % (host, name, name, name, host),
                 {"model": name, "host": host}))
             seqs = model.get("max_num_seqs")
@@ -120,7 +120,7 @@ def engine_rules(site_plan: dict[str, Any], s: dict[str, Any]) -> list[dict[str,
                     "%s on %s found less KV cache than its plan" % (name, host),
                     "vLLM reports {{ $value }} KV-cache tokens; the plan counted on %d (alert below %d%%). "
                     "Fewer requests fit at once than the plan promises." % (planned_kv, s["kv_below_plan_ratio"] * 100),
-                    "compare the engine's start log (journalctl -u vllm@%s | grep -i 'KV cache') with "
+                    "compare the engine's start log (journalctl -u vllm-%s | grep -i 'KV cache') with "
                     "ansible-playbook playbooks/plan.yml; another process on the GPU (nvidia-smi) or a changed "
                     "vLLM release is the usual cause." % name,
                     {"model": name, "host": host}))
@@ -131,8 +131,9 @@ def engine_rules(site_plan: dict[str, Any], s: dict[str, Any]) -> list[dict[str,
                 window = s["decode_for"]
                 rules.append(_alert(
                     "LlmDecodeBelowPlan",
-                    "(rate(%s_count%s[%s]) > 0) and (rate(%s_count%s[%s]) / rate(%s_sum%s[%s]) < %s)"
-                    % (itl, where, window, itl, where, window, itl, where, window, _number(floor)),
+                    # The speed first: its value is what the alert reports. Only while the model decodes.
+                    "(rate(%s_count%s[%s]) / rate(%s_sum%s[%s]) < %s) and (rate(%s_count%s[%s]) > 0)"
+                    % (itl, where, window, itl, where, window, _number(floor), itl, where, window),
                     "0s", "warning",
                     "%s on %s decodes far below its plan" % (name, host),
                     "Each stream gets {{ $value | humanize }} tokens/s over %s; the plan predicted %s "
@@ -162,7 +163,7 @@ def engine_rules(site_plan: dict[str, Any], s: dict[str, Any]) -> list[dict[str,
                % (s["engine_restarts_window"], s["engine_restarts"]),
                "0s", "critical", "Engine {{ $labels.model }} on {{ $labels.host }} keeps restarting",
                "It started {{ $value }} times within %s: a crash loop." % s["engine_restarts_window"],
-               "journalctl -u vllm@{{ $labels.model }} -n 300 on {{ $labels.host }}: out of GPU memory after a "
+               "journalctl -u vllm-{{ $labels.model }} -n 300 on {{ $labels.host }}: out of GPU memory after a "
                "change of the plan, a driver/CUDA mismatch, or corrupt weights (re-run --tags models)."),
         _alert("LlmKvCacheFull",
                "vllm:kv_cache_usage_perc{job=\"vllm\"} > %s" % _number(s["kv_cache_usage_ratio"]),
@@ -192,7 +193,7 @@ def gateway_rules(s: dict[str, Any]) -> list[dict[str, Any]]:
                % _number(s["gateway_5xx_ratio"]),
                "llm_gateway_requests_total by model and status tells which model; 503 means an engine is down "
                "(LlmEngineDown), 502/504 an engine that fails or times out: journalctl -u 'litellm@*' and "
-               "-u 'vllm@*'."),
+               "-u 'vllm-*'."),
         _alert("GatewayRateLimited",
                "sum(rate(llm_gateway_requests_total{status=\"429\"}[5m])) / %s > %s"
                % (total, _number(s["gateway_429_ratio"])),

@@ -142,3 +142,57 @@ def test_queued_usage_rows_are_flushed_when_the_lifespan_ends(monkeypatch):
     asyncio.run(door.Door(litellm_lifespan, 1000)({"type": "lifespan"}, receive, send))
     # Flushed before the server is told the shutdown is complete (it exits right after).
     assert sent == [("lifespan.startup.complete", []), ("lifespan.shutdown.complete", [10.0])]
+
+
+def _sample(text, name, **labels):
+    """The value of one series in an exposition text, 0 when it is not there."""
+    wanted = "%s{%s}" % (name, ",".join('%s="%s"' % item for item in labels.items())) if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_every_answer_is_counted_by_route_model_and_status_and_served_at_metrics(monkeypatch):
+    from llm_appliance.gateway import metrics
+
+    monkeypatch.setattr(metrics, "REGISTRY", metrics._registry())
+    metrics.REGISTRY.model_names = frozenset({"code", "chat"})
+    app = door.Door(Upstream(), 1000)
+    assert call(app)[0] == 200
+    assert call(app, key="sk-wrong")[0] == 401
+    assert call(app, body=b'{"model": "made-up-name", "prompt": "x"}')[0] == 200
+    assert call(door.Door(Upstream(status=503, body=b'{"error": {"message": "down"}}'), 1000))[0] == 503
+    status, headers, body = call(app, path="/metrics", key=None, method="GET")
+    assert status == 200 and headers[b"content-type"].startswith(b"text/plain; version=0.0.4")
+    text = body.decode()
+    route = "/v1/completions"
+    assert _sample(text, "llm_gateway_requests_total", route=route, model="code", status="200") == 1
+    assert _sample(text, "llm_gateway_requests_total", route=route, model="none", status="401") == 1
+    # A name the gateway does not offer cannot add series: it counts as "other".
+    assert _sample(text, "llm_gateway_requests_total", route=route, model="other", status="200") == 1
+    assert "made-up-name" not in text
+    assert _sample(text, "llm_gateway_requests_total", route=route, model="code", status="503") == 1
+    assert _sample(text, "llm_gateway_request_duration_seconds_count", route=route, model="code") == 2
+    assert _sample(text, 'llm_gateway_request_duration_seconds_bucket', route=route, model="code", le="+Inf") == 2
+    # First byte only for answers that succeeded; nothing left in flight.
+    assert _sample(text, "llm_gateway_time_to_first_token_seconds_count", route=route, model="code") == 1
+    assert _sample(text, "llm_gateway_in_flight_requests") == 0
+    metrics.record_tokens("code", 12, 3)
+    text = metrics.REGISTRY.render()
+    assert _sample(text, "llm_gateway_tokens_total", model="code", kind="completion") == 3
+
+
+def test_the_histogram_buckets_are_cumulative():
+    from llm_appliance.gateway import metrics
+
+    registry = metrics.Registry()
+    registry.describe("h", "histogram", "test")
+    for value in (0.001, 0.02, 0.02, 400.0):
+        registry.observe("h", (("a", "b"),), value)
+    text = registry.render()
+    assert _sample(text, "h_bucket", a="b", le="0.005") == 1
+    assert _sample(text, "h_bucket", a="b", le="0.025") == 3
+    assert _sample(text, "h_bucket", a="b", le="300") == 3
+    assert _sample(text, "h_bucket", a="b", le="+Inf") == 4 == _sample(text, "h_count", a="b")
+    assert abs(_sample(text, "h_sum", a="b") - 400.041) < 1e-9

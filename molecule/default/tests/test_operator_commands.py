@@ -53,7 +53,7 @@ def recap_changed(output):
 
 def test_readme_documents_the_plays_tags():
     assert documented_tags() == ["preflight", "base", "gpu", "database", "report", "models", "serving",
-                                 "gateway", "chat", "edge", "firewall"]
+                                 "gateway", "chat", "edge", "firewall", "monitoring"]
 
 
 @pytest.mark.parametrize("tag", documented_tags())
