@@ -188,8 +188,10 @@ def dashboard_metric_names(dashboard):
             # Metric names: identifiers not followed by "(" (functions) and not label names or keywords.
             expr = re.sub(r"\{[^}]*\}", "", expr)
             expr = re.sub(r"\[[^\]]*\]", "", expr)
-            for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?!\s*\()", expr):
-                if word in PROMQL_WORDS or re.fullmatch(r"\d+", word):
+            for found in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+                word, rest = found.group(0), expr[found.end():].lstrip()
+                # Functions and aggregations are followed by "(", grouping labels sit inside "by (...)".
+                if rest.startswith("(") or word in PROMQL_WORDS:
                     continue
                 names.add(word)
     return names
@@ -216,11 +218,11 @@ def test_the_dashboards_ask_only_for_metric_names_the_scrape_yields(host):
 
 
 def test_operators_reach_prometheus_through_nginx_with_their_password_only(host):
-    base = ("curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --cacert %s --resolve %s:443:127.0.0.1 %s "
+    base = ("curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --cacert %s --resolve %s:443:127.0.0.1 "
             "https://%s/api/v1/status/buildinfo")
-    assert host.check_output(base, CA, UI_NAME, "", UI_NAME) == "401"
-    assert host.check_output(base, CA, UI_NAME, "-u operator:wrong-password", UI_NAME) == "401"
-    assert host.check_output(base, CA, UI_NAME, "-u operator:" + UI_PASSWORD, UI_NAME) == "200"
+    assert host.check_output(base, CA, UI_NAME, UI_NAME) == "401"
+    assert host.check_output(base + " -u %s", CA, UI_NAME, UI_NAME, "operator:wrong-password") == "401"
+    assert host.check_output(base + " -u %s", CA, UI_NAME, UI_NAME, "operator:" + UI_PASSWORD) == "200"
     # Prometheus and Alertmanager themselves listen on loopback only.
     listening = host.check_output("ss -Htln")
     for port in (9090, 9093):
