@@ -155,7 +155,9 @@ def test_a_stopped_engine_fires_its_alert_and_it_resolves_when_the_engine_is_bac
              "rm -f /tmp/alert-webhook.jsonl")
     host.check_output("systemd-run --unit alert-webhook-sink python3 -c %s", WEBHOOK_SINK)
     labels = {"host": "cluster-gpu2", "model": "tiny-code"}
-    assert not firing(host, "LlmEngineDown", labels), "the alert fires before the engine stopped"
+    # A clean start: the engine is up and no earlier alert of it is still active.
+    wait_for(lambda: not firing(host, "LlmEngineDown", labels) and query(
+        host, 'up{job="vllm",host="cluster-gpu2"} == 1'), 300, "no LlmEngineDown before the stop", step=3)
     rules = get_json(host, PROMETHEUS + "/api/v1/rules?type=alert")["data"]["groups"]
     rule = [r for g in rules for r in g["rules"]
             if r["name"] == "LlmEngineDown" and r["labels"].get("host") == "cluster-gpu2"]
