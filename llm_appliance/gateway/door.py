@@ -158,7 +158,7 @@ class Door:
 
         metrics.in_flight(1)
         try:
-            await self._gated(scope, watching_receive, watching_send)
+            await self._gated(scope, watching_receive, watching_send, head)
         finally:
             metrics.in_flight(-1)
             found = _MODEL_IN_BODY.search(bytes(head))
@@ -166,7 +166,7 @@ class Door:
                                    found.group(1).decode("utf-8", "replace") if found else None,
                                    status, time.monotonic() - started_at, first_byte_s)
 
-    async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gated(self, scope: Scope, receive: Receive, send: Send, head: bytearray) -> None:
         method, path = scope.get("method", "GET"), scope.get("path", "/")
         api_key = _header(scope, b"authorization")
         try:
@@ -184,7 +184,7 @@ class Door:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await _answer(send, 413, self._too_large(), "invalid_request_error")
             return
-        await self._pass(scope, receive, send)
+        await self._pass(scope, receive, send, head)
 
     @staticmethod
     def _flushing_at_shutdown(send: Send) -> Send:
@@ -206,23 +206,21 @@ class Door:
     def _too_large(self) -> str:
         return f"The request body is larger than {self.max_body_bytes // 2**20} MB, the most this API takes."
 
-    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, head: bytearray) -> None:
         """To LiteLLM: a body without Content-Length (chunked) is counted as it arrives and cut at the
-        cap; an error answer is held back and rewritten."""
+        cap; an error answer is held back and rewritten. `head`: the body's first bytes, kept by
+        _measured as they arrive."""
         received = 0
-        head = b""
         held: Message | None = None
         error_body = b""
         started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, head
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if len(head) < 4096:
-                    head += chunk[:4096 - len(head)]
                 if received > self.max_body_bytes:
                     raise BodyTooLarge
             return message
@@ -243,7 +241,7 @@ class Door:
                     held = None
                     await send({"type": "http.response.body", "body": error_body, "more_body": True})
                     return
-                found = _MODEL_IN_BODY.search(head)
+                found = _MODEL_IN_BODY.search(bytes(head))
                 status, body, extra = rewrite_error(held["status"], error_body,
                                                     found.group(1).decode("utf-8", "replace") if found else None,
                                                     self.retry_after_s)
