@@ -125,9 +125,10 @@ unit: venv promtool
 molecule-inputs: venv image artefacts artefacts-cuda
 	$(MAKE) cluster-bundle
 
+# Both scenarios at once (tools/molecule-scenarios says why they can); one alone:
+# MOLECULE_IMAGE=$$(tools/build-test-image --name) tools/molecule-scenario cluster
 molecule: molecule-inputs
-	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenario default
-	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenario cluster
+	MOLECULE_IMAGE=$(MOLECULE_IMAGE) tools/molecule-scenarios default cluster
 
 # The unit tests run while the image is built and the wheelhouses are downloaded (network and
 # disk more than CPU), so that the scenarios start sooner.
