@@ -260,24 +260,32 @@ def redis_commands(host: str, port: int, password: str) -> float:
     raise SystemExit(f"redis {host}:{port}: no total_commands_processed in INFO stats")
 
 
-def keep_off_cpu(cpu: int) -> dict[int, set[int]]:
-    """Moves every thread of every process but this one off `cpu`; returns what to restore."""
+def keep_off_cpu(cpu: int) -> tuple[dict[int, set[int]], int]:
+    """Moves every thread of every process but this one off `cpu`; returns what to restore and how
+    many threads could not be moved (another user's, without CAP_SYS_NICE)."""
     others = set(range(os.cpu_count() or 1)) - {cpu}
     saved: dict[int, set[int]] = {}
+    refused = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            for task in os.listdir(f"/proc/{entry}/task"):
-                tid = int(task)
+            tasks = os.listdir(f"/proc/{entry}/task")
+        except OSError:
+            continue  # gone
+        for task in tasks:
+            tid = int(task)
+            try:
                 current = os.sched_getaffinity(tid)
                 if cpu in current and current - {cpu}:
                     os.sched_setaffinity(tid, current & others)
                     saved[tid] = current
-        except OSError:
-            continue
+            except PermissionError:
+                refused += 1
+            except OSError:
+                continue  # gone
     os.sched_setaffinity(0, {cpu})
-    return saved
+    return saved, refused
 
 
 def restore_affinity(saved: dict[int, set[int]]) -> None:
@@ -290,12 +298,17 @@ def restore_affinity(saved: dict[int, set[int]]) -> None:
 @contextlib.contextmanager
 def generator_alone(cpus: int) -> Iterator[None]:
     """The generator on the last CPU, everything else off it, for the block (nothing to do on one CPU)."""
-    saved = keep_off_cpu(cpus - 1) if cpus > 1 else {}
+    if cpus < 2:
+        yield
+        return
+    saved, refused = keep_off_cpu(cpus - 1)
+    if refused:
+        print(f"(the generator shares CPU {cpus - 1} with {refused} threads it may not move: run it with "
+              "CAP_SYS_NICE, e.g. docker exec --privileged)", flush=True)
     try:
         yield
     finally:
-        if cpus > 1:
-            restore_affinity(saved)
+        restore_affinity(saved)
 
 
 def env_file_value(path: Path, name: str) -> str:
@@ -463,6 +476,7 @@ def main() -> int:
     instances = sorted(line.split()[0] for line in run("systemctl", "list-units", "--plain", "--no-legend",
                                                          "--state=running", "litellm@*").stdout.splitlines())
     gateway_user = run("systemctl", "show", "-p", "User", "--value", instances[0]).stdout.strip()
+    state_dir = run("systemctl", "show", "-p", "WorkingDirectory", "--value", instances[0]).stdout.strip()
     cpus = os.cpu_count() or 1
     print(f"host: {cpus} CPUs; gateway: {len(instances)} instances ({', '.join(instances)}); "
           f"generator: {'CPU %d alone' % (cpus - 1) if cpus > 1 else 'shares the only CPU'}; "
@@ -472,7 +486,6 @@ def main() -> int:
     (WORK_DIR / "upstream.conf").write_text(canned_upstream_conf(args.engine_port))
     bare = bare_litellm_config(yaml.safe_load(Path(args.litellm_config).read_text()))
     (WORK_DIR / "bare-litellm.yaml").write_text(yaml.safe_dump(bare))
-    state_dir = "/var/lib/llm-appliance/litellm"
     direct = Target("direct", "127.0.0.1", args.engine_port, "/v1/completions", args.engine_key, args.engine_model)
     bare_target = Target("bare", "127.0.0.1", args.bare_port, "/v1/completions",
                          env_file_value(Path(args.litellm_config).with_name("litellm.env"), "LITELLM_MASTER_KEY"),
