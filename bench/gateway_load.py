@@ -173,17 +173,17 @@ class Pool:
         self.idle.clear()
 
 
-def client_addresses(count: int) -> list[str]:
-    return [f"127.77.{i // 250}.{i % 250 + 1}" for i in range(count)]
+def client_addresses(count: int, network: int = 77) -> list[str]:
+    return [f"127.{network}.{i // 250}.{i % 250 + 1}" for i in range(count)]
 
 
 async def open_loop(target: Target, rate: float, seconds: float, *, clients: int = 50, max_tokens: int = 1,
-                    timeout: float = 30.0) -> RunResult:
+                    timeout: float = 30.0, network: int = 77) -> RunResult:
     """Sends rate * seconds requests, each at its due time, and waits for them (timeout each)."""
     context = None
     if target.tls_name:
         context = ssl.create_default_context(cafile=target.ca_file or None)
-    pools = [Pool(target, source, context) for source in client_addresses(clients)]
+    pools = [Pool(target, source, context) for source in client_addresses(clients, network)]
     payload = target.request(max_tokens)
     count = max(1, round(rate * seconds))
     result = RunResult(target.name, rate, count)
@@ -422,6 +422,17 @@ def saturation(rows: list[RunResult], target: str, slo_ms: float) -> float | Non
     return best
 
 
+async def alongside_a_flood(quiet: Target, noisy: Target, quiet_rate: float, noisy_rate: float,
+                            args: argparse.Namespace) -> tuple[RunResult, RunResult]:
+    """The quiet users' requests while one user floods the gateway from one address of their own."""
+    quiet_run = open_loop(quiet, quiet_rate, args.seconds, clients=args.clients, max_tokens=args.max_tokens,
+                          timeout=args.timeout)
+    noisy_run = open_loop(noisy, noisy_rate, args.seconds, clients=1, max_tokens=args.max_tokens,
+                          timeout=args.timeout, network=78)
+    quiet_result, noisy_result = await asyncio.gather(quiet_run, noisy_run)
+    return quiet_result, noisy_result
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def sweep(targets: list[Target], rates: list[float], args: argparse.Namespace,
@@ -463,6 +474,11 @@ def main() -> int:
     parser.add_argument("--engine-key", default="demo-vllm-engine-key")
     parser.add_argument("--alias", default="code")
     parser.add_argument("--key", default="sk-demo-bench-0123456789", help="an appliance key without limits")
+    parser.add_argument("--noisy-key", default="sk-demo-limited-0123456789",
+                        help="a key with a low rate limit, for the noisy neighbour")
+    parser.add_argument("--noisy-rate", type=float, default=333.0,
+                        help="the noisy neighbour's requests per second, from one address (0: no such run)")
+    parser.add_argument("--quiet-rate", type=float, default=33.0, help="everyone else's, meanwhile")
     parser.add_argument("--api-name", default="api.demo.internal")
     parser.add_argument("--ca", default="/etc/llm-appliance/ca/ca.crt")
     parser.add_argument("--litellm-config", default="/etc/llm-appliance/litellm/config.yaml")
@@ -523,10 +539,24 @@ def main() -> int:
         rates = [float(r) for r in args.rates.split(",") if r]
         with generator_alone(cpus):
             rows = sweep([direct, bare_target, appliance], rates, args, counters)
+            if args.noisy_rate:
+                noisy = Target("noisy", "127.0.0.1", 443, "/v1/completions", args.noisy_key, args.alias,
+                               tls_name=args.api_name, ca_file=args.ca)
+                quiet_result, noisy_result = asyncio.run(
+                    alongside_a_flood(appliance, noisy, args.quiet_rate, args.noisy_rate, args))
+                quiet_result.target = "quiet"
     finally:
         run("systemctl", "stop", UPSTREAM_UNIT, BARE_UNIT, check=False)
         run("systemctl", "reset-failed", UPSTREAM_UNIT, BARE_UNIT, check=False)
         run("systemctl", "start", args.engine_unit, check=False)
+    if args.noisy_rate:
+        alone = next((row for row in rows if row.target == "appliance" and row.rate == args.quiet_rate), None)
+        print(f"\nnoisy neighbour: one key sends {args.noisy_rate:.0f} req/s from one address while the others "
+              f"send {args.quiet_rate:.0f} req/s:")
+        print(f"  the others: p50 {quiet_result.percentile(50):.1f} ms, p99 {quiet_result.percentile(99):.1f} ms, "
+              f"errors {dict(quiet_result.errors) or 'none'}"
+              + (f" (alone: p50 {alone.percentile(50):.1f}, p99 {alone.percentile(99):.1f})" if alone else ""))
+        print(f"  the noisy key: {noisy_result.ok} answered, refused {dict(noisy_result.errors) or 'none'}")
     print()
     for name in ("direct", "bare", "appliance"):
         rate = saturation(rows, name, args.slo_ms)

@@ -2,7 +2,9 @@
 what a gateway answers (lengths, chunks, a closing connection, error statuses), the canned upstream
 it puts on the engine's port is a real nginx answering a completion, and the report's arithmetic."""
 
+import argparse
 import asyncio
+import collections
 import importlib.util
 import json
 import shutil
@@ -190,3 +192,24 @@ def test_the_canned_upstream_is_nginx_answering_a_completion(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_noisy_neighbour_floods_from_one_address_of_its_own_while_the_others_send():
+    seen = collections.Counter()
+
+    async def go():
+        async def handle(reader, writer):
+            seen[writer.get_extra_info("peername")[0]] += 1
+            await Server().handle(reader, writer)
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        quiet = load.Target("quiet", "127.0.0.1", port, "/", "k", "m")
+        noisy = load.Target("noisy", "127.0.0.1", port, "/", "other", "m")
+        args = argparse.Namespace(seconds=0.5, clients=3, max_tokens=1, timeout=5.0)
+        try:
+            return await load.alongside_a_flood(quiet, noisy, 20, 200, args)
+        finally:
+            listener.close()
+    quiet, noisy = asyncio.run(go())
+    assert (quiet.ok, noisy.ok) == (10, 100)
+    assert set(seen) == {"127.78.0.1", *load.client_addresses(3)}
