@@ -6,6 +6,7 @@ contacted. The single-server example must keep every service on loopback, as bef
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,22 @@ def test_a_model_over_two_servers_runs_on_a_ray_cluster_of_those_two(pipeline):
     assert "Environment=RAY_ADDRESS=%s:6380\n" % GPUS["gpu01"] in unit and "After=llm-appliance-ray.service\n" in unit
     # The gateway routes to it at its first host.
     assert deployments(pipeline / "front01/config.yaml")["big"] == ["https://%s:8001/v1" % GPUS["gpu01"]]
+
+
+def test_every_client_on_the_request_path_lets_idle_connections_go_before_its_server(cluster):
+    """nginx -> gateway and LiteLLM -> engine: a client that reuses a connection its server is
+    closing gets a stray 502 or a retried request, so each client's keep-alive is the shorter."""
+    front = cluster / "front01"
+    nginx = (front / "nginx.conf").read_text()
+    upstream = re.search(r"upstream llm_gateway \{(.*?)\}", nginx, re.S).group(1)
+    assert "least_conn;" in upstream
+    nginx_keepalive = int(re.search(r"keepalive_timeout (\d+)s;", upstream).group(1))
+    unit = (front / "litellm@.service").read_text()
+    gateway_keepalive = int(re.search(r"--timeout-keep-alive (\d+)", unit).group(1))
+    litellm_to_engine = int(re.search(r"^Environment=AIOHTTP_KEEPALIVE_TIMEOUT=(\d+)$", unit, re.M).group(1))
+    assert "--http httptools" in unit
+    engines = [path.read_text() for host in GPUS for path in (cluster / host).glob("vllm-*.service")]
+    engine_keepalive = {int(re.search(r"^Environment=VLLM_HTTP_TIMEOUT_KEEP_ALIVE=(\d+)$", text, re.M).group(1))
+                        for text in engines}
+    assert engines and nginx_keepalive < gateway_keepalive and engine_keepalive == {75}
+    assert litellm_to_engine < min(engine_keepalive), (litellm_to_engine, engine_keepalive)
