@@ -141,20 +141,36 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, headers.get("connection") != "close"
 
 
+# Seconds an idle connection is reused, as HTTP clients do (httpx: 5 s), shorter than the servers
+# keep one (uvicorn's default: 5 s): a client that sends on a connection its server is closing gets
+# a broken answer, which would count against the server.
+CLIENT_KEEPALIVE_S = 4.0
+
+
 class Pool:
     """Keep-alive connections to one target from one source address; a new one when none is idle."""
 
-    def __init__(self, target: Target, source: str, context: ssl.SSLContext | None):
-        self.target, self.source, self.context = target, source, context
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    def __init__(self, target: Target, source: str, context: ssl.SSLContext | None,
+                 keepalive_s: float = CLIENT_KEEPALIVE_S):
+        self.target, self.source, self.context, self.keepalive_s = target, source, context, keepalive_s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    def _reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.keepalive_s:
+                return reader, writer
+            writer.close()
+        return None
 
     async def exchange(self, payload: bytes) -> int:
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(
+        connection = self._reusable()
+        if connection is None:
+            connection = await asyncio.open_connection(
                 self.target.host, self.target.port, ssl=self.context, local_addr=(self.source, 0),
                 server_hostname=self.target.tls_name if self.context else None)
+        reader, writer = connection
         try:
             writer.write(payload)
             status, reusable = await read_response(reader)
@@ -162,13 +178,13 @@ class Pool:
             writer.close()
             raise
         if reusable:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         else:
             writer.close()
         return status
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
@@ -304,7 +320,7 @@ def generator_alone(cpus: int) -> Iterator[None]:
     saved, refused = keep_off_cpu(cpus - 1)
     if refused:
         print(f"(the generator shares CPU {cpus - 1} with {refused} threads it may not move: run it with "
-              "CAP_SYS_NICE, e.g. docker exec --privileged)", flush=True)
+              "CAP_SYS_NICE, or move them from outside first as bench/appliance does)", flush=True)
     try:
         yield
     finally:

@@ -213,3 +213,25 @@ def test_the_noisy_neighbour_floods_from_one_address_of_its_own_while_the_others
     quiet, noisy = asyncio.run(go())
     assert (quiet.ok, noisy.ok) == (10, 100)
     assert set(seen) == {"127.78.0.1", *load.client_addresses(3)}
+
+
+def test_a_connection_idle_longer_than_the_clients_keepalive_is_not_reused():
+    connections = []
+
+    async def go():
+        async def handle(reader, writer):
+            connections.append(writer)
+            await Server().handle(reader, writer)
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        target = load.Target("t", "127.0.0.1", listener.sockets[0].getsockname()[1], "/", "k", "m")
+        pool = load.Pool(target, "127.0.0.1", None, keepalive_s=0.2)
+        try:
+            statuses = [await pool.exchange(target.request(1)), await pool.exchange(target.request(1))]
+            await asyncio.sleep(0.3)
+            statuses.append(await pool.exchange(target.request(1)))
+            return statuses
+        finally:
+            pool.close()
+            listener.close()
+    assert asyncio.run(go()) == [200, 200, 200]
+    assert len(connections) == 2  # the first reused once, then a new one after the idle time
