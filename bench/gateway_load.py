@@ -516,21 +516,21 @@ def main() -> int:
           f"or under 99% answered: saturated")
     WORK_DIR.mkdir(mode=0o755, exist_ok=True)
     (WORK_DIR / "upstream.conf").write_text(canned_upstream_conf(args.engine_port))
-    bare = bare_litellm_config(yaml.safe_load(Path(args.litellm_config).read_text()))
-    (WORK_DIR / "bare-litellm.yaml").write_text(yaml.safe_dump(bare))
+    appliance_config = yaml.safe_load(Path(args.litellm_config).read_text())
+    env_file = Path(args.litellm_config).with_name("litellm.env")
+    (WORK_DIR / "bare-litellm.yaml").write_text(yaml.safe_dump(bare_litellm_config(appliance_config)))
     direct = Target("direct", "127.0.0.1", args.engine_port, "/v1/completions", args.engine_key, args.engine_model)
     bare_target = Target("bare", "127.0.0.1", args.bare_port, "/v1/completions",
-                         env_file_value(Path(args.litellm_config).with_name("litellm.env"), "LITELLM_MASTER_KEY"),
-                         args.alias)
+                         env_file_value(env_file, "LITELLM_MASTER_KEY"), args.alias)
     appliance = Target("appliance", "127.0.0.1", 443, "/v1/completions", args.key, args.alias,
                        tls_name=args.api_name, ca_file=args.ca)
     units = {"gateway": [unit.removesuffix(".service") + ".service" for unit in instances],
              "bare": [BARE_UNIT + ".service"], "nginx": ["nginx.service"]}
     counters: dict[str, Callable[[], float]] = {
         name: (lambda these=these: cpu_seconds(these) * 1000.0) for name, these in units.items()}
-    router = yaml.safe_load(Path(args.litellm_config).read_text()).get("router_settings", {})
+    router = appliance_config.get("router_settings", {})
     if router.get("redis_host"):
-        password = env_file_value(Path(args.litellm_config).with_name("litellm.env"), "REDIS_PASSWORD")
+        password = env_file_value(env_file, "REDIS_PASSWORD")
         counters["redis"] = lambda: redis_commands(router["redis_host"], int(router["redis_port"]), password)
     rows: list[RunResult] = []
     try:
@@ -539,7 +539,7 @@ def main() -> int:
             str(WORK_DIR / "upstream.conf"), "-g", "daemon off;")
         # As the litellm@ units run it, less the appliance's door, keys, callback and Redis.
         run("systemd-run", "--unit", BARE_UNIT, "--uid", gateway_user, "--property", "Type=exec",
-            "--property", f"EnvironmentFile={Path(args.litellm_config).with_name('litellm.env')}",
+            "--property", f"EnvironmentFile={env_file}",
             "--setenv", f"CONFIG_FILE_PATH={WORK_DIR}/bare-litellm.yaml",
             "--setenv", "LITELLM_LOCAL_MODEL_COST_MAP=True", "--setenv", "LITELLM_TELEMETRY=False",
             "--setenv", "LITELLM_MODE=PRODUCTION", "--setenv", "DO_NOT_TRACK=1",
