@@ -71,6 +71,8 @@ class User:
     forwards_user: bool = False
     # For a forwarding service key: requests per minute of each person it acts for.
     per_person_rpm: int | None = None
+    # Tokens (prompt and completion) a calendar month, UTC; budget.py counts them.
+    monthly_tokens: int | None = None
 
     def expired(self, today: dt.date | None = None) -> bool:
         today = today or dt.datetime.now(dt.UTC).date()
@@ -147,6 +149,7 @@ def parse_user(entry: Any) -> User:
         revoked=_flag(entry.get("revoked")),
         forwards_user=_flag(entry.get("forwards_user")),
         per_person_rpm=_int_or_none(entry.get("per_person_rpm"), "per_person_rpm"),
+        monthly_tokens=_int_or_none(entry.get("monthly_tokens"), "monthly_tokens"),
     )
 
 
@@ -167,7 +170,7 @@ def parse_users(document: dict[str, Any], on_bad: Callable[[int, Any, BadEntry],
 
 
 INVENTORY_USER_FIELDS = frozenset({"name", "key", "key_sha256", "models", "rpm", "tpm", "max_parallel_requests",
-                                   "expires", "revoked", "forwards_user", "per_person_rpm"})
+                                   "expires", "revoked", "forwards_user", "per_person_rpm", "monthly_tokens"})
 
 
 def inventory_user_problems(entries: Any) -> list[str]:
@@ -218,6 +221,7 @@ class KeyStore:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
+        self._by_name: dict[str, User] = {}
         self._lock = threading.Lock()
 
     def _current_stamp(self) -> tuple[int, int, int] | None:
@@ -244,8 +248,13 @@ class KeyStore:
                         log.warning("keys file %s unreadable (%s); the previous keys stay", self.path, err)
                         return self._users
                     self._users = parse_users(document, _log_bad_entry)
+                self._by_name = {user.name: user for user in self._users.values()}
                 self._stamp = stamp
         return self._users
+
+    def by_name(self, name: str) -> User | None:
+        self.users()
+        return self._by_name.get(name)
 
     def lookup(self, api_key: str) -> User:
         key = strip_bearer(api_key)
@@ -431,6 +440,8 @@ def requested_models(body: dict[str, Any]) -> list[str]:
 class Gate:
     store: KeyStore
     limits: SharedLimits = field(default_factory=SharedLimits)
+    # budget.MonthlyBudgets (it imports this module); None: no budgets are checked.
+    budgets: Any = None
 
     def authenticate(self, api_key: str | None) -> User:
         return self.store.lookup(api_key or "")
@@ -445,13 +456,16 @@ class Gate:
     async def admit(self, user: User, method: str, path: str, body: Any,
                     headers: Mapping[str, str] | None = None) -> None:
         """After the key (a request without a valid key is refused before its body is read): the
-        route, every model the body can reach, the key's rate, and for a service that acts for
-        people (the chat), each person's rate, so one heavy user cannot use up everyone's."""
+        route, every model the body can reach, the user's monthly token budget, the key's rate, and
+        for a service that acts for people (the chat), each person's rate, so one heavy user cannot
+        use up everyone's."""
         inference = route_kind(method, path) == "inference"
         if inference:
             if not isinstance(body, dict):
                 raise BadRequest400("The request body must be a JSON object.")
             self.authorize(user, requested_models(body))
+            if self.budgets is not None:
+                self.budgets.check(user)
         await self.limits.hit_rpm(user.key_sha256, user.rpm)
         person = recorded_user(user, headers) if user.forwards_user else user.name
         if inference and user.per_person_rpm and person != user.name:
@@ -482,9 +496,16 @@ _gate: Gate | None = None
 def gate() -> Gate:
     global _gate
     if _gate is None:
+        from llm_appliance.gateway.budget import MonthlyBudgets, PostgresTotals
+        from llm_appliance.gateway.usage_logger import connect_postgres
+
+        store = KeyStore(os.environ.get(KEYS_FILE_ENV, DEFAULT_KEYS_FILE))
+        dsn = os.environ.get("LLM_APPLIANCE_USAGE_DSN", "")
         _gate = Gate(
-            KeyStore(os.environ.get(KEYS_FILE_ENV, DEFAULT_KEYS_FILE)),
+            store,
             SharedLimits(_redis_from_environment(), int(os.environ.get("LLM_APPLIANCE_GATEWAY_INSTANCES", "1"))),
+            MonthlyBudgets(store, PostgresTotals(dsn, connect_postgres) if dsn else None,
+                           refresh_s=float(os.environ.get("LLM_APPLIANCE_BUDGET_REFRESH_S", "5"))),
         )
     return _gate
 

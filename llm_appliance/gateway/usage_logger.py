@@ -180,7 +180,7 @@ def _status_of(error: BaseException) -> int | None:
 
 
 def rejected_row(request_data: dict[str, Any], status: int | None, route: str | None,
-                 user_name: str | None) -> Row | None:
+                 user_name: str | None, error_class: str | None = None) -> Row | None:
     """A usage_events row for a request refused before any model was called (401, 403, 429)."""
     if status not in REJECTIONS:
         return None
@@ -196,7 +196,7 @@ def rejected_row(request_data: dict[str, Any], status: int | None, route: str | 
         "model": None, "deployment": None,
         "call_type": call_type, "prompt_tokens": 0, "completion_tokens": 0,
         "ttft_ms": None, "latency_ms": 0.0,
-        "status": "rejected", "error_class": REJECTIONS[status], "user_agent": None,
+        "status": "rejected", "error_class": error_class or REJECTIONS[status], "user_agent": None,
     }
 
 
@@ -298,6 +298,14 @@ class DeadLetter:
             os.fsync(handle.fileno())
 
 
+def connect_postgres(dsn: str, connect_timeout_s: int = 3, statement_timeout_ms: int = 5000) -> Any:
+    """The gateway's connection to the usage database: a server that hangs must not hold it long."""
+    import psycopg
+
+    return psycopg.connect(dsn, connect_timeout=connect_timeout_s, autocommit=False,
+                           options=f"-c statement_timeout={statement_timeout_ms}")
+
+
 class PostgresInserter:
     """Inserts rows in one transaction over one kept connection. Raises RowsRefused when PostgreSQL
     refuses them for their content, anything else when it cannot be reached (the caller retries)."""
@@ -309,11 +317,8 @@ class PostgresInserter:
         self._conn: Any = None
 
     def _connection(self) -> Any:
-        import psycopg
-
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout_s, autocommit=False,
-                                         options=f"-c statement_timeout={self.statement_timeout_ms}")
+            self._conn = connect_postgres(self.dsn, self.connect_timeout_s, self.statement_timeout_ms)
         return self._conn
 
     def __call__(self, rows: list[Row]) -> None:
@@ -534,8 +539,9 @@ class UsageLogger(_Base):
             row = row_from_callback(kwargs, start_time, end_time, failed, error)
             self.writer.start()
             self.writer.put(row)
-            metrics.record_tokens(row.get("model_alias"), int(row.get("prompt_tokens") or 0),
-                                  int(row.get("completion_tokens") or 0))
+            tokens = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
+            metrics.record_tokens(row.get("model_alias"), *tokens)
+            record_budget_tokens(row.get("key_alias"), sum(tokens))
         except Exception:  # noqa: BLE001 - logging must never fail a request
             log.exception("usage row dropped into the log")
 
@@ -559,13 +565,31 @@ class UsageLogger(_Base):
 
             user = gate().store.users().get(key_hash_of(getattr(user_api_key_dict, "api_key", None)))
             row = rejected_row(request_data or {}, _status_of(original_exception),
-                               getattr(user_api_key_dict, "request_route", None), user.name if user else None)
+                               getattr(user_api_key_dict, "request_route", None), user.name if user else None,
+                               refusal_class(original_exception))
             if row is not None:
                 self.writer.start()
                 self.writer.put(row)
         except Exception:  # noqa: BLE001 - logging must never change the answer
             log.exception("usage row of a refused request dropped into the log")
         return request_refusal(original_exception)
+
+
+def record_budget_tokens(name: str | None, tokens: int) -> None:
+    """The tokens of an answered request, for its user's monthly budget on this instance (the
+    gate exists: the request passed it)."""
+    from llm_appliance.gateway import auth
+
+    if auth._gate is not None and auth._gate.budgets is not None:
+        auth._gate.budgets.record(name, tokens)
+
+
+def refusal_class(error: BaseException) -> str | None:
+    """The usage row's error_class of a refusal that is not told apart by its status alone."""
+    from llm_appliance.gateway.budget import REFUSAL_PREFIX
+
+    detail = getattr(error, "detail", None) or str(error)
+    return "BudgetExhausted" if REFUSAL_PREFIX in str(detail) else None
 
 
 def request_refusal(error: BaseException) -> Any:

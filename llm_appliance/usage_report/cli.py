@@ -20,7 +20,7 @@ import sys
 import time
 
 from llm_appliance.usage_report.prices import PriceError, load_prices
-from llm_appliance.usage_report.report import ReportError, build_report, period_bounds
+from llm_appliance.usage_report.report import ReportError, build_report, load_budgets, period_bounds
 
 SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 
@@ -82,7 +82,8 @@ def cmd_report(args):
         report = build_report(connection, args.period, windows=windows, prices=prices,
                               prices_path=args.prices or "", monthly_cost=args.monthly_cost,
                               prometheus_url=args.prometheus_url, prometheus_query=args.prometheus_query,
-                              prometheus_step=args.prometheus_step, dead_letter_files=args.dead_letter or ())
+                              prometheus_step=args.prometheus_step, dead_letter_files=args.dead_letter or (),
+                              budgets=load_budgets(args.budgets) if args.budgets else None)
     index = write_report(report, args.out)
     print("%s: %d requests; report in %s (%.1f s)" % (args.period, report["total_requests"], index,
                                                       time.monotonic() - started))
@@ -108,6 +109,9 @@ def build_parser():
     report.add_argument("--monthly-cost", type=float, help="the appliance's own monthly cost, same currency")
     report.add_argument("--dead-letter", action="append", metavar="FILE",
                         help="a gateway's dead-letter file of usage rows the database refused (repeatable)")
+    report.add_argument("--budgets", metavar="FILE",
+                        help="the gateway's keys.json (or {\"users\": [{\"name\", \"monthly_tokens\"}]}): "
+                             "each budgeted user's tokens against the budget")
     report.add_argument("--burst-windows", default="6,60", help="burst windows in seconds (default 6,60)")
     report.add_argument("--prometheus-url", help="take GPU utilisation from this Prometheus (base URL, e.g. "
                         "http://prometheus:9090) instead of the stored samples")

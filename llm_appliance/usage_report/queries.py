@@ -121,3 +121,14 @@ SELECT error_class AS refused_as, count(*) AS requests, count(DISTINCT user_id) 
 FROM usage_events WHERE started_at >= %(start)s AND started_at < %(end)s AND status = 'rejected'
 GROUP BY 1 ORDER BY requests DESC, 1
 """
+
+# Each budgeted key's tokens in the period (the budget counts prompt and completion tokens, UTC
+# months: budget.py) and its requests refused for the budget.
+BUDGETS = """
+SELECT key_alias AS user_name,
+       sum(prompt_tokens::bigint + completion_tokens) AS tokens,
+       count(*) FILTER (WHERE status = 'rejected' AND error_class = 'BudgetExhausted') AS refused_for_budget
+FROM usage_events
+WHERE started_at >= %(start)s AND started_at < %(end)s AND key_alias = ANY (%(names)s)
+GROUP BY 1
+"""

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 TABLES = ["requests_by_type", "daily_requests", "tokens_by_model", "daily_tokens", "users_by_type",
           "per_user_counts", "latency_by_model", "rejected", "not_recorded", "bursts", "gpu_utilisation",
-          "gpu_daily_utilisation", "public_api_cost"]
+          "gpu_daily_utilisation", "public_api_cost", "budgets"]
 
 
 def _plain(value):
@@ -138,6 +138,11 @@ def write_report(report, directory):
                 % (_table_html(report["public_api_cost"]), report["public_api_total"], html.escape(report["currency"]),
                    "%.2f %s per month" % (report["appliance_monthly_cost"], html.escape(report["currency"]))
                    if report.get("appliance_monthly_cost") is not None else "monthly cost not given"))
+    budgets = ""
+    if report.get("budgets"):
+        budgets = ('<h2 id="budgets">Monthly token budgets</h2>%s<p>Prompt and completion tokens of each user with '
+                   'a budget (monthly_tokens) in this period, and the requests refused once it was used up.</p>'
+                   % _table_html(report["budgets"]))
     gpu_source = "<p>Source: %s.</p>" % html.escape(report["gpu_source"])
     if report["gpu_utilisation"]:
         gpu = _table_html(report["gpu_utilisation"]) + '<img src="gpu_daily.png" alt="Daily GPU utilisation">' \
@@ -157,7 +162,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
 <h2>Bursts</h2>{bursts}<img src="bursts.png" alt="Bursts">
 <h2>Latency and errors</h2>{latency}
 <h2 id="rejected">Refused at the gateway</h2>{rejected}
-<h2 id="not-recorded">Requests not recorded</h2>{not_recorded}
+{budgets}<h2 id="not-recorded">Requests not recorded</h2>{not_recorded}
 <h2 id="gpu">GPU utilisation</h2>{gpu}
 {cost}
 </body></html>
@@ -172,7 +177,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
            not_recorded=(_table_html(report["not_recorded"]) + "<p>Usage rows the database refused for their "
                          "content; the gateway kept them, with the reason, in these files.</p>"
                          if report["not_recorded"] else "<p>None: every request became a usage row.</p>"),
-           gpu=gpu, cost=cost)
+           gpu=gpu, cost=cost, budgets=budgets)
     with open(os.path.join(directory, "index.html"), "w", encoding="utf-8") as handle:
         handle.write(page)
     return os.path.join(directory, "index.html")

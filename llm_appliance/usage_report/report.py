@@ -79,11 +79,37 @@ def dead_letter_counts(paths, start, end):
     return [{"file": path, "refusal": kind, "rows": rows} for (path, kind), rows in sorted(counts.items())]
 
 
+def load_budgets(path):
+    """{user name: monthly tokens} from a keys file (the gateway's keys.json, or any JSON object
+    with a "users" list of entries with name and monthly_tokens); users without a budget are left out."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+        users = document["users"]
+        return {str(u["name"]): int(u["monthly_tokens"]) for u in users if u.get("monthly_tokens")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReportError("%s: not a file of users with name and monthly_tokens (%s: %s); give the gateway's "
+                          "keys.json or a JSON object {\"users\": [{\"name\": ..., \"monthly_tokens\": ...}]}"
+                          % (path, type(exc).__name__, exc)) from None
+
+
+def budget_rows(budgets, used):
+    """One row per budgeted user, the fullest first: the budget, the period's tokens, the share used."""
+    by_name = {row["user_name"]: row for row in used}
+    rows = []
+    for name, monthly in budgets.items():
+        tokens = int(by_name.get(name, {}).get("tokens") or 0)
+        rows.append({"user_name": name, "monthly_tokens": monthly, "tokens": tokens,
+                     "used_pct": round(100.0 * tokens / monthly, 1),
+                     "refused_for_budget": int(by_name.get(name, {}).get("refused_for_budget") or 0)})
+    return sorted(rows, key=lambda row: (-row["used_pct"], row["user_name"]))
+
+
 def build_report(connection, period, *, windows=(6, 60), prices=None, prices_path="", monthly_cost=None,
                  timezone="UTC", prometheus_url=None, prometheus_query=None, prometheus_step=None,
-                 dead_letter_files=()):
+                 dead_letter_files=(), budgets=None):
     """The report's tables. GPU utilisation comes from Prometheus when prometheus_url is given,
-    else from the samples stored in gpu_samples."""
+    else from the samples stored in gpu_samples. budgets: {user name: monthly tokens}."""
     start, end = period_bounds(period)
     params = {"start": start, "end": end, "tz": timezone}
     with connection.cursor() as cursor:
@@ -115,6 +141,9 @@ def build_report(connection, period, *, windows=(6, 60), prices=None, prices_pat
         for seconds in windows:
             report["bursts"].append(dict(window_s=seconds, **burst_summary(histograms[seconds])))
             report["burst_histograms"][seconds] = histograms[seconds]
+        if budgets:
+            used = _rows(cursor, queries.BUDGETS, dict(params, names=sorted(budgets)))
+            report["budgets"] = budget_rows(budgets, used)
         if not prometheus_url:
             report["gpu_utilisation"] = _rows(cursor, queries.GPU_UTILISATION, params)
             report["gpu_daily_utilisation"] = _rows(cursor, queries.GPU_DAILY_UTILISATION, params)

@@ -34,3 +34,18 @@ CREATE TABLE IF NOT EXISTS gpu_samples (
     memory_used_mib integer
 );
 CREATE INDEX IF NOT EXISTS gpu_samples_sampled_at ON gpu_samples (sampled_at);
+
+-- Monthly token budgets: the gateway's role may insert usage rows, not read them, so it asks
+-- this function (run as the tables' owner) for the tokens of the keys it names since a time.
+CREATE INDEX IF NOT EXISTS usage_events_key_alias_started_at ON usage_events (key_alias, started_at);
+CREATE OR REPLACE FUNCTION tokens_used_since(since timestamptz, aliases text[])
+    RETURNS TABLE (key_alias text, tokens bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $$
+    SELECT e.key_alias, sum(e.prompt_tokens::bigint + e.completion_tokens)
+    FROM usage_events e
+    WHERE e.key_alias = ANY (aliases) AND e.started_at >= since
+    GROUP BY e.key_alias
+$$;
+-- Granted by name to the gateway's role alone (usage_report's schema tasks).
+REVOKE ALL ON FUNCTION tokens_used_since(timestamptz, text[]) FROM PUBLIC;

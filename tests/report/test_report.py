@@ -102,6 +102,31 @@ def test_refused_requests_are_counted_apart_from_traffic(database):
     assert report["rejected"] == [{"refused_as": "Unauthorized", "requests": 2, "known_users": 1}]
 
 
+def test_budgeted_users_tokens_against_their_budgets(database, tmp_path):
+    insert(database, [event(0, 0), event(1, 1, completion=40), event(2, 2, user="bob"),
+                      event(3, 3, status="rejected", prompt=0, completion=0),
+                      event(4, 4, user="carol", prompt=5, completion=5)])
+    with psycopg.connect(database) as connection:
+        connection.execute("UPDATE usage_events SET key_alias = user_id")
+        connection.execute("UPDATE usage_events SET error_class = 'BudgetExhausted' WHERE request_id = 'r3'")
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"users": [
+        {"name": "alice", "key_sha256": "0" * 64, "monthly_tokens": 500},
+        {"name": "bob", "key_sha256": "1" * 64, "monthly_tokens": None},
+        {"name": "dave", "key_sha256": "2" * 64, "monthly_tokens": 1000}]}))
+    out = tmp_path / "report"
+    result = run_cli("report", "--dsn", database, "--period", "2026-04", "--out", str(out), "--budgets", str(keys))
+    assert result.returncode == 0, result.stderr
+    # alice: 110 + 140 tokens of 500, one request refused for the budget; dave: nothing yet; bob has none.
+    assert json.loads((out / "budgets.json").read_text()) == [
+        {"user_name": "alice", "monthly_tokens": 500, "tokens": 250, "used_pct": 50.0, "refused_for_budget": 1},
+        {"user_name": "dave", "monthly_tokens": 1000, "tokens": 0, "used_pct": 0.0, "refused_for_budget": 0}]
+    assert 'id="budgets"' in (out / "index.html").read_text()
+    keys.write_text("[1, 2]")
+    refused = run_cli("report", "--dsn", database, "--period", "2026-04", "--out", str(out), "--budgets", str(keys))
+    assert refused.returncode != 0 and "not a file of users with name and monthly_tokens" in refused.stderr
+
+
 def test_rows_the_database_refused_are_counted_from_the_dead_letter_files(database, tmp_path):
     """The gateway's writer quarantines rows PostgreSQL refuses; the report says how many, per file and kind."""
     from llm_appliance.gateway.usage_logger import DeadLetter

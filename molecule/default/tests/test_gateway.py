@@ -12,6 +12,7 @@ KEYS = {
     "alice": "sk-demo-alice-0123456789",
     "bob": "sk-demo-bob-0123456789",
     "limited": "sk-demo-limited-0123456789",
+    "budget": "sk-demo-budget-0123456789",
     "expired": "sk-demo-expired-0123456789",
     "revoked": "sk-demo-revoked-0123456789",
 }

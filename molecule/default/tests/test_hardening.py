@@ -2,12 +2,17 @@
 cannot stop, a bad keys entry that refuses only itself, the key checked before the body, only the
 offered routes and models, limits that hold with Redis stopped, rows flushed when an instance
 stops, a model that is down answering 503, and nginx's limits for traffic without a key."""
+import datetime
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+from playbook_runner import run_playbook
 from test_gateway import KEYS, PORTS, PSQL, chat, completion, post, usage_rows
+
+REPO = Path(__file__).resolve().parents[3]
 
 API = "api.demo.internal"
 CA = "/etc/llm-appliance/ca/ca.crt"
@@ -135,6 +140,47 @@ def test_with_redis_stopped_a_key_stays_within_its_limit(host):
     assert down.count(200) == 2 and down.count(429) == 4, down
     journal = host.run("journalctl -u litellm@1 --since -2min --no-pager").stdout
     assert "Redis unreachable" in journal
+
+
+# --- Monthly token budgets: used up on one instance, refused on both, counted in the report.
+
+def test_a_used_up_monthly_budget_is_refused_on_every_instance_and_counted_in_the_report(host):
+    """demo-budget may use 40 tokens a month (a completion here is 10 to 14). Instance 1 answers
+    until the budget is used up; then instance 2, which answered none of them, refuses too once it
+    has read the month's rows (every 5 s), with the day the budget resets."""
+    answered, refused = [], None
+    for _ in range(8):
+        status, body = post(host, "/v1/completions", KEYS["budget"], completion(), port=PORTS[0])
+        if status != 200:
+            refused = (status, body)
+            break
+        answered.append(body["usage"]["total_tokens"])
+    assert refused is not None, "the budget of 40 tokens was not enforced after %s" % answered
+    status, body = refused
+    today = datetime.datetime.now(datetime.UTC)
+    resets = (today.replace(day=1) + datetime.timedelta(days=32)).replace(day=1)
+    message = body["error"]["message"]
+    assert status == 429 and message.startswith("Monthly token budget used up: demo-budget has used "), body
+    assert "the budget resets on %s at 00:00 UTC" % resets.strftime("%Y-%m-%d") in message, message
+    other = [None]
+
+    def other_instance_refuses():
+        other[0] = post(host, "/v1/completions", KEYS["budget"], completion(), port=PORTS[1])
+        return other[0][0] == 429
+
+    assert wait_for(other_instance_refuses, 30, step=2), other[0]
+    print("monthly budget 40: %d completions answered (%s tokens) before the first 429" % (len(answered), answered))
+    # Models are still listed: only inference counts against the budget.
+    listing = host.run("curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s' "
+                       "http://127.0.0.1:%d/v1/models", KEYS["budget"], PORTS[1])
+    assert listing.stdout == "200"
+    # The month's report sets the user's tokens against the budget, with the refused requests.
+    month = today.strftime("%Y-%m")
+    result = run_playbook("playbooks/report.yml", "-e", "period=%s" % month, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+    budgets = json.loads((REPO / "build/reports/demo" / month / "budgets.json").read_text())
+    row = next(r for r in budgets if r["user_name"] == "demo-budget")
+    assert row["monthly_tokens"] == 40 and row["tokens"] >= 40 and row["refused_for_budget"] >= 2, row
 
 
 # --- 7. Rows queued when an instance stops are written, not lost.
