@@ -16,8 +16,10 @@ A service key marked `forwards_user` (the chat UI's) may name the person it acts
 X-OpenWebUI-User-Email (or -Id) header; usage is then recorded under that person, with the
 service's name as the key alias. Other keys cannot choose whom they are recorded as.
 Over the key's requests per minute: 429, counted in Redis for all instances (SharedLimits: while
-Redis is away each instance enforces its share). Tokens per minute and parallel requests go to
-LiteLLM's limiter through UserAPIKeyAuth, at this instance's share while Redis is away.
+Redis is away each instance enforces its share); over its requests in progress
+(max_parallel_requests): 429 from the door, which holds a slot in Redis for each answer until it
+has ended. Tokens per minute go to LiteLLM's limiter through UserAPIKeyAuth, at this instance's
+share while Redis is away.
 """
 
 from __future__ import annotations
@@ -312,6 +314,18 @@ return 1
 """
 
 
+# Requests in progress per key: one sorted set of slot ids by their start. A slot whose release
+# never came (an instance killed mid-request) lapses after the lease (ARGV[4] seconds).
+_SLOT_SCRIPT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""
+
+
 class SharedLimits:
     """Per-key limits shared by every gateway instance through Redis.
 
@@ -322,13 +336,18 @@ class SharedLimits:
     """
 
     def __init__(self, redis: Any = None, instances: int = 1, clock: Callable[[], float] = time.time,
-                 local: RpmWindow | None = None) -> None:
+                 local: RpmWindow | None = None, slot_lease_s: int = 660) -> None:
         self.redis = redis
         self.instances = max(1, instances)
         self.clock = clock
         self.local = local or RpmWindow()
         self.shared = redis is not None
         self._said_down_at = 0.0
+        self.slot_lease_s = slot_lease_s
+        # This instance's requests in progress per key (whatever admitted them), and where each
+        # slot is held: counted on when Redis goes away mid-request.
+        self._in_progress: collections.Counter[str] = collections.Counter()
+        self._slots: dict[str, tuple[str, bool]] = {}
 
     def share(self, limit: int | None) -> int | None:
         """The part of a limit this instance may use on its own (all of it when it is alone)."""
@@ -366,6 +385,40 @@ class SharedLimits:
             self.local.hit(key, share)
         except TooMany429:
             raise TooMany429(f"Rate limit exceeded: {limit} requests per minute for this key.") from None
+
+    async def acquire_slot(self, key: str, limit: int) -> str | None:
+        """A slot among the key's `limit` requests in progress on all instances, or None when all
+        are taken. Every slot acquired must be released (release_slot) when its answer has ended."""
+        slot = uuid.uuid4().hex
+        if self.redis is not None:
+            try:
+                taken = await self.redis.eval(_SLOT_SCRIPT, 1, f"llm-appliance:slots:{key}", self.clock(), limit, slot,
+                                              self.slot_lease_s)
+            except Exception as err:  # noqa: BLE001 - any Redis failure means: decide alone
+                self._redis_down(err)
+            else:
+                self.shared = True
+                if not taken:
+                    return None
+                self._in_progress[key] += 1
+                self._slots[slot] = (key, True)
+                return slot
+        if self._in_progress[key] >= (self.share(limit) or limit):
+            return None
+        self._in_progress[key] += 1
+        self._slots[slot] = (key, False)
+        return slot
+
+    async def release_slot(self, slot: str) -> None:
+        key, in_redis = self._slots.pop(slot)
+        self._in_progress[key] -= 1
+        if self._in_progress[key] <= 0:
+            del self._in_progress[key]
+        if in_redis and self.redis is not None:
+            try:
+                await self.redis.zrem(f"llm-appliance:slots:{key}", slot)
+            except Exception as err:  # noqa: BLE001 - the slot lapses with its lease
+                self._redis_down(err)
 
 
 class BadRequest400(Exception):
@@ -503,7 +556,8 @@ def gate() -> Gate:
         dsn = os.environ.get("LLM_APPLIANCE_USAGE_DSN", "")
         _gate = Gate(
             store,
-            SharedLimits(_redis_from_environment(), int(os.environ.get("LLM_APPLIANCE_GATEWAY_INSTANCES", "1"))),
+            SharedLimits(_redis_from_environment(), int(os.environ.get("LLM_APPLIANCE_GATEWAY_INSTANCES", "1")),
+                         slot_lease_s=int(os.environ.get("LLM_APPLIANCE_SLOT_LEASE_S", "660"))),
             MonthlyBudgets(store, PostgresTotals(dsn, connect_postgres) if dsn else None,
                            refresh_s=float(os.environ.get("LLM_APPLIANCE_BUDGET_REFRESH_S", "5"))),
         )
@@ -558,8 +612,9 @@ async def user_api_key_auth(request: Request | None, api_key: str) -> UserAPIKey
         key_alias=user.name,
         user_id=recorded_user(user, getattr(request, "headers", None)),
         models=list(user.models),
-        # The requests-per-minute limit is enforced above; LiteLLM's limiter keeps tokens per
-        # minute and parallel requests, at this instance's share while Redis is away.
+        # Requests per minute are enforced above and requests in progress at the door (door.py:
+        # LiteLLM's own count is kept per instance for a second before it reaches Redis, so two
+        # instances could admit more than the limit); LiteLLM's limiter keeps tokens per minute, at
+        # this instance's share while Redis is away.
         tpm_limit=limits.share(user.tpm),
-        max_parallel_requests=limits.share(user.max_parallel_requests),
     )

@@ -99,13 +99,13 @@ async def _answer(send: Send, status: int, message: str, kind: str, headers: tup
     await send({"type": "http.response.body", "body": body})
 
 
-def _record_refusal(status: int, path: str, api_key: str | None) -> None:
+def _record_refusal(status: int, path: str, api_key: str | None, error_class: str | None = None) -> None:
     """A usage row for the refusal, as the failure hook writes for refusals LiteLLM sees."""
     try:
         from llm_appliance.gateway.usage_logger import rejected_row, usage_logger
 
         user = gate().store.users().get(hash_key(strip_bearer(api_key))) if api_key else None
-        row = rejected_row({}, status, path, user.name if user else None)
+        row = rejected_row({}, status, path, user.name if user else None, error_class)
         if row is not None:
             usage_logger.writer.start()
             usage_logger.writer.put(row)
@@ -170,13 +170,13 @@ class Door:
         method, path = scope.get("method", "GET"), scope.get("path", "/")
         api_key = _header(scope, b"authorization")
         try:
-            gate().authenticate(api_key)
+            user = gate().authenticate(api_key)
         except KeyError401 as err:
             _record_refusal(401, path, api_key)
             await _answer(send, 401, str(err), "auth_error", ((b"www-authenticate", b"Bearer"),))
             return
         try:
-            route_kind(method, path)
+            kind = route_kind(method, path)
         except NotOffered404 as err:
             await _answer(send, 404, str(err), "invalid_request_error")
             return
@@ -184,7 +184,23 @@ class Door:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await _answer(send, 413, self._too_large(), "invalid_request_error")
             return
-        await self._pass(scope, receive, send, head)
+        limit = user.max_parallel_requests if kind == "inference" else None
+        if not limit:
+            await self._pass(scope, receive, send, head)
+            return
+        # The key's requests in progress on every instance: a slot held until the answer has ended
+        # (a stream's last byte), here where that end is seen.
+        limits = gate().limits
+        slot = await limits.acquire_slot(user.key_sha256, limit)
+        if slot is None:
+            _record_refusal(429, path, api_key, "ParallelLimit")
+            await _answer(send, 429, f"Too many requests in progress: this key may have {limit} at a time; "
+                                     "retry when one has ended.", "rate_limit_error", ((b"retry-after", b"1"),))
+            return
+        try:
+            await self._pass(scope, receive, send, head)
+        finally:
+            await limits.release_slot(slot)
 
     @staticmethod
     def _flushing_at_shutdown(send: Send) -> Send:

@@ -196,3 +196,109 @@ def test_the_histogram_buckets_are_cumulative():
     assert _sample(text, "h_bucket", a="b", le="300") == 3
     assert _sample(text, "h_bucket", a="b", le="+Inf") == 4 == _sample(text, "h_count", a="b")
     assert abs(_sample(text, "h_sum", a="b") - 400.041) < 1e-9
+
+
+class HeldUpstream:
+    """Stands in for LiteLLM's app answering a stream: holds each answer open until released."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.in_progress = 0
+        self.most = 0
+
+    async def __call__(self, scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        if scope["method"] == "GET":  # the model list answers at once
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+            return
+        self.in_progress += 1
+        self.most = max(self.most, self.in_progress)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await self.release.wait()
+        self.in_progress -= 1
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def _one(app, path="/v1/completions", method="POST"):
+    body = [b'{"model": "code", "prompt": "x"}']
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body.pop() if body else b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_keys_requests_in_progress_are_held_to_its_limit_until_each_answer_ends(tmp_path, monkeypatch):
+    """max_parallel_requests 2: a third request while two streams are open is 429 with Retry-After;
+    once they have ended, slots are free again. The model list is never counted. (Redis away here:
+    one instance takes the whole limit; molecule checks two instances sharing it through Redis.)"""
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"users": [{"name": "alice", "key_sha256": auth.hash_key(KEY),
+                                           "max_parallel_requests": 2}]}))
+    limits = auth.SharedLimits()
+    monkeypatch.setattr(auth, "_gate", auth.Gate(auth.KeyStore(str(path)), limits))
+    refusals = []
+    monkeypatch.setattr(door, "_record_refusal", lambda *args: refusals.append(args))
+    upstream = HeldUpstream()
+    app = door.Door(upstream, 10_000)
+
+    async def scenario():
+        streams = [asyncio.create_task(_one(app)) for _ in range(2)]
+        while upstream.in_progress < 2:
+            await asyncio.sleep(0)
+        third = await _one(app)
+        listing = await asyncio.wait_for(_one(app, "/v1/models", "GET"), 5)
+        upstream.release.set()
+        answered = await asyncio.gather(*streams)
+        after = await _one(app)
+        return answered, third, listing, after
+
+    answered, third, listing, after = asyncio.run(scenario())
+    assert [status for status, _, _ in answered] == [200, 200] and upstream.most == 2
+    status, headers, body = third
+    assert status == 429 and headers[b"retry-after"] == b"1"
+    assert json.loads(body)["error"]["message"].startswith("Too many requests in progress: this key may have 2 ")
+    assert refusals == [(429, "/v1/completions", f"Bearer {KEY}", "ParallelLimit")]
+    assert listing[0] == 200 and after[0] == 200
+    assert not limits._slots and not limits._in_progress
+
+
+def test_a_slot_is_released_when_the_answer_fails(tmp_path, monkeypatch):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"users": [{"name": "alice", "key_sha256": auth.hash_key(KEY),
+                                           "max_parallel_requests": 1}]}))
+    limits = auth.SharedLimits()
+    monkeypatch.setattr(auth, "_gate", auth.Gate(auth.KeyStore(str(path)), limits))
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("the upstream fell over")
+
+    with pytest.raises(RuntimeError):
+        call(door.Door(broken, 10_000))
+    assert not limits._slots
+    assert call(door.Door(Upstream(), 10_000))[0] == 200
+
+
+def test_with_redis_away_each_instance_takes_its_share_of_the_slots():
+    limits = auth.SharedLimits(instances=2)
+
+    async def scenario():
+        first = await limits.acquire_slot("k", 4)
+        second = await limits.acquire_slot("k", 4)
+        third = await limits.acquire_slot("k", 4)
+        await limits.release_slot(first)
+        fourth = await limits.acquire_slot("k", 4)
+        return first, second, third, fourth
+
+    first, second, third, fourth = asyncio.run(scenario())
+    assert first and second and third is None and fourth

@@ -13,6 +13,7 @@ KEYS = {
     "bob": "sk-demo-bob-0123456789",
     "limited": "sk-demo-limited-0123456789",
     "budget": "sk-demo-budget-0123456789",
+    "noisy": "sk-demo-noisy-0123456789",
     "expired": "sk-demo-expired-0123456789",
     "revoked": "sk-demo-revoked-0123456789",
 }
