@@ -23,15 +23,27 @@ def load_prices(path):
     return prices
 
 
+def price_of(model, prices):
+    """The price of a usage row's model: by its name, or by its name without the gateway's
+    provider prefix (rows name the engine's model as LiteLLM calls it, "hosted_vllm/tiny-code";
+    the prices file names "tiny-code")."""
+    models = prices["models"]
+    if model in models:
+        return models[model]
+    if model and "/" in model:
+        return models.get(model.split("/", 1)[1])
+    return None
+
+
 def price_tokens(token_rows, prices, path):
     """One row per model: its tokens priced per million. An unpriced model is an error naming it."""
     rows = []
-    missing = [r["model"] for r in token_rows if r["model"] not in prices["models"]]
+    missing = [r["model"] for r in token_rows if price_of(r["model"], prices) is None]
     if missing:
         raise PriceError("no public price for model(s) %s: add them under \"models\" in %s "
                          "(prompt and completion price per million tokens)" % (", ".join(missing), path))
     for row in token_rows:
-        price = prices["models"][row["model"]]
+        price = price_of(row["model"], prices)
         prompt_cost = row["prompt_tokens"] / 1e6 * float(price["prompt"])
         completion_cost = row["completion_tokens"] / 1e6 * float(price["completion"])
         rows.append({"model": row["model"], "compared_with": price.get("compare_with", ""),

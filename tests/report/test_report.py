@@ -158,6 +158,15 @@ def test_public_api_cost(database):
     assert report["public_api_total"] == 1.75
 
 
+def test_rows_named_as_the_gateway_calls_the_engine_take_the_models_price(database):
+    """The gateway's rows name the engine's model with LiteLLM's provider prefix; the prices file
+    names the model (the demo's tiny-code): a real month is priced, not refused."""
+    insert(database, [event(0, 0, model="hosted_vllm/tiny-code", prompt=1_000_000, completion=1_000_000)])
+    prices = {"currency": "EUR", "models": {"tiny-code": {"prompt": 0.2, "completion": 0.6}}}
+    row = report_for(database, prices=prices, prices_path="prices.json")["public_api_cost"][0]
+    assert (row["model"], row["total_cost"]) == ("hosted_vllm/tiny-code", 0.8)
+
+
 def test_unknown_price_names_the_model():
     with pytest.raises(PriceError,
                        match=r"no public price for model\(s\) gemma-chat: add them under \"models\" in p.json"):
