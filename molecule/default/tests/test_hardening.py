@@ -174,7 +174,7 @@ def test_a_used_up_monthly_budget_is_refused_on_every_instance_and_counted_in_th
     print("monthly budget 40: %d completions answered (%s tokens) before the first 429" % (len(answered), answered))
     # Models are still listed: only inference counts against the budget.
     listing = host.run("curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s' "
-                       "http://127.0.0.1:%d/v1/models", KEYS["budget"], PORTS[1])
+                       "http://127.0.0.1:%s/v1/models", KEYS["budget"], str(PORTS[1]))
     assert listing.stdout == "200"
     # The month's report sets the user's tokens against the budget, with the refused requests.
     month = today.strftime("%Y-%m")
