@@ -255,7 +255,10 @@ class KeyStore:
         return self._users
 
     def by_name(self, name: str) -> User | None:
-        self.users()
+        """The user of this name as of the file's last check. Not a check of its own: every
+        request's key lookup (users()) has just made one, and this is on the request path."""
+        if self._stamp is None:
+            self.users()
         return self._by_name.get(name)
 
     def lookup(self, api_key: str) -> User:
