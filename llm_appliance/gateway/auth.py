@@ -358,6 +358,11 @@ class SharedLimits:
             return limit
         return max(1, limit // self.instances)
 
+    def _redis_answers(self) -> None:
+        if not self.shared:
+            log.warning("Redis answers again: key limits are shared between instances")
+        self.shared = True
+
     def _redis_down(self, err: BaseException) -> None:
         self.shared = False
         now = time.monotonic()
@@ -376,9 +381,7 @@ class SharedLimits:
             except Exception as err:  # noqa: BLE001 - any Redis failure means: decide alone
                 self._redis_down(err)
             else:
-                if not self.shared:
-                    log.warning("Redis answers again: key limits are shared between instances")
-                self.shared = True
+                self._redis_answers()
                 if not allowed:
                     raise TooMany429(f"Rate limit exceeded: {limit} requests per minute for this key.")
                 self.local.record(key)
@@ -400,7 +403,7 @@ class SharedLimits:
             except Exception as err:  # noqa: BLE001 - any Redis failure means: decide alone
                 self._redis_down(err)
             else:
-                self.shared = True
+                self._redis_answers()
                 if not taken:
                     return None
                 self._in_progress[key] += 1
