@@ -256,7 +256,7 @@ def test_a_keys_requests_in_progress_are_held_to_its_limit_until_each_answer_end
         streams = [asyncio.create_task(_one(app)) for _ in range(2)]
         while upstream.in_progress < 2:
             await asyncio.sleep(0)
-        third = await _one(app)
+        third = await asyncio.wait_for(_one(app), 5)  # a request let through would wait for the release
         listing = await asyncio.wait_for(_one(app, "/v1/models", "GET"), 5)
         upstream.release.set()
         answered = await asyncio.gather(*streams)
